@@ -1,0 +1,61 @@
+"""Defaults shared by every experiment; experiment configs start from `get_config()` and override.
+
+Not runnable on its own: pass an experiment config, e.g. --config=configs/triplet.py.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "digits"  # 'digits' (sklearn's bundled 8x8 digits, offline) | 'folder' (root/<class>/*.jpg|png)
+    c.data.root = config_dict.placeholder(str)  # folder source: the image root
+    c.data.image_size = 32  # images are resized (squashed) to image_size x image_size
+    c.data.flip = True  # random horizontal flip during training
+    c.data.crop_padding = 0  # random translation by up to this many pixels during training (0 = off)
+    c.data.mean = IMAGENET_MEAN
+    c.data.std = IMAGENET_STD
+
+    c.split = ml_collections.ConfigDict()
+    c.split.heldout_classes = ("6", "7", "8", "9")  # never seen in training; () = draw num_heldout_classes
+    c.split.num_heldout_classes = 0
+    c.split.support_fraction = 0.5  # of each held-out class's images; the rest are queries
+    c.split.min_images_per_class = 2  # smaller held-out classes are reported as unused
+
+    c.model = ml_collections.ConfigDict()
+    c.model.backbone = "resnet18"
+    c.model.width = 64  # channels of the first stage; 64 is torchvision's ResNet-18
+    c.model.embed_dim = 256
+    c.model.normalize = True  # L2-normalise embeddings
+    c.model.frozen_batchnorm = False  # True: BatchNorm keeps its stored statistics during training
+
+    c.sampler = ml_collections.ConfigDict()
+    c.sampler.classes_per_batch = 6  # P
+    c.sampler.images_per_class = 8  # K; the global batch is P*K
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.lr = 1e-3
+    c.optim.weight_decay = 0.0  # decoupled (AdamW); 0 = plain Adam
+    c.optim.decay_every_epochs = 30  # learning rate is multiplied by decay_factor every N epochs
+    c.optim.decay_factor = 0.1
+
+    c.train = ml_collections.ConfigDict()
+    c.train.num_epochs = 10
+    c.train.steps_per_epoch = 0  # 0 = ceil(training images / batch size)
+    c.train.log_every = 10
+    c.train.keep_checkpoints = 3  # the latest few, plus the best by held-out mAP
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.batch_size = 256
+    c.eval.ways = 4
+    c.eval.shots = (1, 5)
+    c.eval.queries_per_class = 15
+    c.eval.episodes = 50
+    return c

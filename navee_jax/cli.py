@@ -1,0 +1,76 @@
+"""Turning command-line mistakes into one line that names the flag or config key."""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import os
+
+import ml_collections
+
+
+def _config_arg(argv: list[str]) -> str | None:
+    for i, a in enumerate(argv):
+        if a.startswith("--config="):
+            return a.split("=", 1)[1]
+        if a == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+    """`path.py` or `path.py:variant` -> get_config() / get_config(variant)."""
+    path, _, variant = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("_navee_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(variant) if variant else module.get_config()
+
+
+def _override_problem(config: ml_collections.ConfigDict, key: str) -> str | None:
+    node, walked = config, []
+    for part in key.split("."):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            siblings = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+            close = difflib.get_close_matches(part, siblings, n=1)
+            where = ".".join(walked) or "the config"
+            hint = f" (did you mean {'.'.join(walked + close)!r}?)" if close else f"; keys of {where}: {sorted(siblings)}"
+            return f"unknown config key {key!r}{hint}"
+        node, walked = node[part], walked + [part]
+    return None
+
+
+def config_file_problem(argv: list[str]) -> str | None:
+    """Why `--config` cannot be used (missing, absent file, fails to load), or None."""
+    spec = _config_arg(argv)
+    if spec is None:
+        return "--config is required, e.g. --config=configs/triplet.py"
+    path = spec.partition(":")[0]
+    if not os.path.isfile(path):
+        return f"--config: file {path!r} not found (configs live in configs/, e.g. configs/triplet.py)"
+    try:
+        load_config_file(spec)
+    except Exception as e:
+        return f"--config: {spec!r} failed to load: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+    return None
+
+
+def explain_flag_error(argv: list[str], error: Exception) -> str:
+    """One line for a failed flag parse: an unknown config key or a value of the wrong type."""
+    spec = _config_arg(argv)
+    if spec is not None and config_file_problem(argv) is None:
+        config = load_config_file(spec)
+        overrides = [a[len("--config."):].partition("=")[::2] for a in argv if a.startswith("--config.")]
+        for key, _ in overrides:
+            problem = _override_problem(config, key)
+            if problem:
+                return problem
+        for key, value in overrides:
+            if f"--config.{key}=" in str(error):
+                *parents, leaf = key.split(".")
+                parent = config
+                for p in parents:
+                    parent = parent[p]
+                expected = parent.get_type(leaf).__name__
+                return f"config key {key!r} expects {expected} (default {parent[leaf]!r}), got {value!r}"
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

@@ -1,0 +1,1 @@
+"""Sources -> catalogue -> split -> tf.data batches."""

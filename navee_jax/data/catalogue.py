@@ -1,0 +1,61 @@
+"""A catalogue: every usable image, its class, and the files that were skipped (and why)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Skipped:
+    """A file or folder that was not used, with the reason. Never silently dropped."""
+
+    path: str
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Catalogue:
+    """Images as file paths (decoded by tf.data) or as in-memory uint8 pixels (N, H, W, C).
+
+    Exactly one of `paths` and `pixels` is set. `labels[i]` indexes `class_names`.
+    """
+
+    name: str
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+    paths: tuple[str, ...] | None = None
+    pixels: np.ndarray | None = None
+    skipped: tuple[Skipped, ...] = ()
+
+    def __post_init__(self):
+        if (self.paths is None) == (self.pixels is None):
+            raise ValueError("a Catalogue holds either paths or pixels")
+        n = len(self.paths) if self.paths is not None else len(self.pixels)
+        if len(self.labels) != n:
+            raise ValueError(f"{n} images but {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def ref(self, i: int) -> str:
+        """A human-readable, stable reference to image i (its path, or `name[i]`)."""
+        return self.paths[i] if self.paths is not None else f"{self.name}[{i}]"
+
+    def class_indices(self, names: tuple[str, ...]) -> np.ndarray:
+        lookup = {n: i for i, n in enumerate(self.class_names)}
+        return np.array([lookup[n] for n in names], dtype=np.int64)
+
+    def skip_report(self) -> list[str]:
+        """Lines to print: a count, then one line per skipped file (the list is the audit trail)."""
+        if not self.skipped:
+            return []
+        reasons: dict[str, int] = {}
+        for s in self.skipped:
+            key = s.reason.split(":")[0]
+            reasons[key] = reasons.get(key, 0) + 1
+        summary = ", ".join(f"{n} {r}" for r, n in sorted(reasons.items()))
+        lines = [f"data: skipped {len(self.skipped)} file(s)/folder(s) ({summary}):"]
+        lines += [f"  skipped {s.path}: {s.reason}" for s in self.skipped]
+        return lines

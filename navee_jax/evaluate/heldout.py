@@ -1,0 +1,52 @@
+"""The held-out evaluator: embed support + query once, then retrieval mAP and the episode grid."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh
+
+from navee_jax.data.catalogue import Catalogue
+from navee_jax.data.pipeline import eval_batches
+from navee_jax.data.splits import Split
+from navee_jax.evaluate.fewshot import few_shot_report
+from navee_jax.errors import UserError
+from navee_jax.evaluate.retrieval import mean_average_precision
+from navee_jax.train.sharding import shard_batch
+
+
+class HeldoutEvaluator:
+    def __init__(self, catalogue: Catalogue, split: Split, config: ml_collections.ConfigDict,
+                 embed_fn: Callable[[Any, jax.Array], jax.Array], mesh: Mesh):
+        self.catalogue, self.config, self.embed_fn, self.mesh = catalogue, config, embed_fn, mesh
+        self.images = np.concatenate([split.support, split.query])
+        self.labels = catalogue.labels[self.images]
+        self.num_support = len(split.support)
+
+    def embed(self, state: Any) -> np.ndarray:
+        """Embeddings of support then query images, in fixed-size (padded) sharded batches."""
+        out, bs = [], self.config.eval.batch_size
+        for images in eval_batches(self.catalogue, self.images, self.config.data, bs):
+            n = len(images)
+            padded = np.concatenate([images, np.zeros((bs - n, *images.shape[1:]), images.dtype)])
+            out.append(np.asarray(self.embed_fn(state, shard_batch(padded, self.mesh)))[:n])
+        emb = np.concatenate(out)
+        if not np.isfinite(emb).all():
+            raise UserError("held-out embeddings contain NaN/inf: the model diverged or the inputs are not "
+                            "finite; check data.mean/std and lower --config.optim.lr")
+        return emb
+
+    def __call__(self, state: Any, few_shot: bool = True) -> dict:
+        """{"map", "queries_scored"} and, with `few_shot`, {"few_shot_1nn": {"4-way 1-shot": ...}}."""
+        emb = self.embed(state)
+        s, q = slice(None, self.num_support), slice(self.num_support, None)
+        m, scored = mean_average_precision(emb[q], self.labels[q], emb[s], self.labels[s])
+        out = {"map": m, "queries_scored": scored}
+        if few_shot:
+            e = self.config.eval
+            out["few_shot_1nn"] = few_shot_report(emb[s], self.labels[s], emb[q], self.labels[q], e.ways,
+                                                  tuple(e.shots), e.queries_per_class, e.episodes, self.config.seed)
+        return out

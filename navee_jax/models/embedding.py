@@ -1,0 +1,22 @@
+"""Backbone + embedding head: features -> linear projection to embed_dim -> optional L2 norm."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps))
+
+
+class EmbeddingNet(nnx.Module):
+    def __init__(self, backbone: nnx.Module, embed_dim: int, normalize: bool, *, rngs: nnx.Rngs):
+        self.backbone = backbone
+        self.head = nnx.Linear(backbone.out_features, embed_dim, rngs=rngs)
+        self.normalize = normalize
+
+    def __call__(self, images: jax.Array) -> jax.Array:
+        z = self.head(self.backbone(images))
+        return l2_normalize(z) if self.normalize else z

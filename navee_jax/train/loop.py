@@ -1,0 +1,178 @@
+"""train_and_evaluate: the single training loop every method runs through."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from navee_jax.data.catalogue import Catalogue
+from navee_jax.data.pipeline import train_batches
+from navee_jax.data.sources import load_catalogue
+from navee_jax.data.splits import Split, make_split, write_split
+from navee_jax.errors import UserError
+from navee_jax.evaluate.heldout import HeldoutEvaluator
+from navee_jax.losses import batch_hard_triplet_loss
+from navee_jax.models import build_model
+from navee_jax.train.checkpoints import Checkpoints
+from navee_jax.train.progress import Progress
+from navee_jax.train.sharding import check_divisible, make_mesh, replicated, shard_batch
+from navee_jax.train.step import init_train_state, make_embed_fn, make_train_step
+
+# Config sections a checkpoint depends on: resuming with any of them changed is refused.
+_RESUME_MUST_MATCH = ("seed", "data", "split", "model", "loss", "sampler")
+
+
+def make_loss_fn(cfg: ml_collections.ConfigDict):
+    if cfg.name == "batch_hard_triplet":
+        return lambda emb, labels: batch_hard_triplet_loss(emb, labels, cfg.margin, cfg.squared)
+    raise UserError(f"loss.name: unknown loss {cfg.name!r}; available: 'batch_hard_triplet'")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _resume_fingerprint(config: ml_collections.ConfigDict) -> dict:
+    full = json.loads(config.to_json())
+    return _flat({k: full[k] for k in _RESUME_MUST_MATCH if k in full})
+
+
+def _check_resumable(saved: dict, config: ml_collections.ConfigDict, where: str) -> None:
+    now = _resume_fingerprint(config)
+    diff = [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+    if diff:
+        k = diff[0]
+        raise UserError(f"{where} was trained with {k}={saved.get(k)!r} but the config now says {now.get(k)!r} "
+                        f"({len(diff)} differing key(s)); use the same config or a fresh --workdir")
+
+
+def _write_json(path: str, obj) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def _prepare_data(config: ml_collections.ConfigDict, workdir: str) -> tuple[Catalogue, Split]:
+    """Catalogue (skipped files printed and listed) and split, both written to the workdir."""
+    catalogue = load_catalogue(config.data)
+    for line in catalogue.skip_report():
+        print(line)
+    _write_json(os.path.join(workdir, "skipped_files.json"),
+                [{"path": s.path, "reason": s.reason} for s in catalogue.skipped])
+    split = make_split(catalogue, config.split, config.seed)
+    write_split(split, catalogue, os.path.join(workdir, "splits.json"))
+    n_train_classes = len(np.unique(catalogue.labels[split.train]))
+    print(f"data: {catalogue.name}: {len(catalogue)} images, {len(catalogue.class_names)} classes; "
+          f"train {len(split.train)} images / {n_train_classes} classes; held out {split.heldout_classes}: "
+          f"{len(split.support)} support / {len(split.query)} query" +
+          (f" / {len(split.unused)} unused (classes too small)" if len(split.unused) else ""))
+    return catalogue, split
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains, checkpoints each epoch, evaluates on held-out classes; returns what metrics.json holds."""
+    os.makedirs(workdir, exist_ok=True)
+    _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
+    catalogue, split = _prepare_data(config, workdir)
+
+    mesh = make_mesh()
+    batch_size = config.sampler.classes_per_batch * config.sampler.images_per_class
+    check_divisible(batch_size, mesh, "sampler.classes_per_batch * sampler.images_per_class")
+    check_divisible(config.eval.batch_size, mesh, "eval.batch_size")
+    steps_per_epoch = config.train.steps_per_epoch or math.ceil(len(split.train) / batch_size)
+    num_epochs = config.train.num_epochs
+    total_steps = num_epochs * steps_per_epoch
+    schedule = optax.exponential_decay(
+        config.optim.lr, transition_steps=max(1, config.optim.decay_every_epochs * steps_per_epoch),
+        decay_rate=config.optim.decay_factor, staircase=True)
+    tx = optax.adamw(schedule, weight_decay=config.optim.weight_decay)
+    model = build_model(config.model, nnx.Rngs(config.seed))
+    graphdef, eval_graphdef, state = init_train_state(model, tx, config.model.frozen_batchnorm)
+    state = jax.device_put(state, replicated(mesh))
+    train_step = make_train_step(graphdef, tx, make_loss_fn(config.loss), mesh)
+    evaluate = HeldoutEvaluator(catalogue, split, config, make_embed_fn(eval_graphdef, mesh), mesh)
+
+    ckpt = Checkpoints(workdir, config.train.keep_checkpoints)
+    writer = _metric_writer(workdir)
+    try:
+        latest = ckpt.latest_step()
+        if latest is not None:
+            meta = ckpt.restore_meta(latest)
+            _check_resumable(meta["fingerprint"], config, f"workdir {workdir}")
+            state = ckpt.restore(latest, state)
+            start_epoch, history, initial = meta["epoch"], meta["history"], meta["initial"]
+            print(f"resuming from checkpoint step {latest} (epoch {start_epoch}/{num_epochs}) in {ckpt.directory}")
+        else:
+            start_epoch, history = 0, []
+            initial = evaluate(state)
+            print(f"epoch 0/{num_epochs} held-out mAP {initial['map']:.4f} (at initialisation)")
+
+        progress = Progress(total_steps, start_epoch * steps_per_epoch)
+        train_start = time.perf_counter()
+        for epoch in range(start_epoch, num_epochs):
+            pending = []
+            for i, batch in enumerate(train_batches(catalogue, split.train, config, epoch, steps_per_epoch)):
+                state, metrics = train_step(state, *shard_batch((batch["images"], batch["labels"]), mesh))
+                pending.append(metrics)
+                step = epoch * steps_per_epoch + i + 1
+                if step % config.train.log_every == 0 or i + 1 == steps_per_epoch:
+                    logged = {**average_finite_metrics(pending, step, config), "lr": float(schedule(step - 1))}
+                    pending = []
+                    print(progress.line(step, epoch + 1, num_epochs, logged))
+                    writer.write_scalars(step, {f"train/{k}": v for k, v in logged.items()})
+            epoch_map = evaluate(state, few_shot=False)["map"]
+            history.append({"epoch": epoch + 1, "step": step, "map": epoch_map})
+            meta = {"epoch": epoch + 1, "history": history, "initial": initial,
+                    "fingerprint": _resume_fingerprint(config)}
+            ckpt.save(step, state, meta, {"map": epoch_map})
+            writer.write_scalars(step, {"eval/map": epoch_map})
+            best = max(history, key=lambda h: h["map"])
+            print(f"epoch {epoch + 1}/{num_epochs} held-out mAP {epoch_map:.4f} "
+                  f"(best {best['map']:.4f} at epoch {best['epoch']}); checkpoint saved at step {step}")
+    finally:
+        ckpt.close()
+        writer.close()
+
+    final = evaluate(state)
+    results = {"final": final, "initial": initial, "history": history, "steps": total_steps,
+               "best_epoch": max(history, key=lambda h: h["map"]) if history else None}
+    _write_json(os.path.join(workdir, "metrics.json"), results)
+    print(f"final held-out mAP {final['map']:.4f} (at initialisation {initial['map']:.4f}) "
+          f"over {final['queries_scored']} queries")
+    for name, r in final["few_shot_1nn"].items():
+        was = initial["few_shot_1nn"][name]
+        print(f"{name} 1-NN accuracy " + (f"{r['accuracy']:.4f} +- {r['ci95']:.4f} ({r['episodes']} episodes; "
+                                         f"{was['accuracy']:.4f} at initialisation)"
+                                         if "accuracy" in r else f"skipped: {r['skipped']}"))
+    print(f"trained {total_steps - start_epoch * steps_per_epoch} steps in {time.perf_counter() - train_start:.1f}s; "
+          f"wrote {os.path.join(workdir, 'metrics.json')}")
+    return results
+
+
+def average_finite_metrics(pending: list[dict], step: int, config: ml_collections.ConfigDict) -> dict[str, float]:
+    host = jax.device_get(pending)
+    logged = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+    bad = [k for k in ("loss", "grad_norm") if not all(math.isfinite(float(m[k])) for m in host)]
+    if bad:
+        raise UserError(f"{' and '.join(bad)} not finite (NaN/inf) by step {step}: training diverged; lower "
+                        f"--config.optim.lr (now {config.optim.lr}) or check the inputs and data.mean/std")
+    return logged
+
+
+def _metric_writer(workdir: str):
+    from clu import metric_writers
+
+    if jax.process_index() == 0:
+        return metric_writers.SummaryWriter(os.path.join(workdir, "tensorboard"))
+    return metric_writers.MultiWriter([])

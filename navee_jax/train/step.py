@@ -1,0 +1,72 @@
+"""Train state and the pure, jitted train / embed steps over a Flax NNX model's split state."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from navee_jax.train.sharding import batch_sharded, replicated
+
+LossFn = Callable[[jax.Array, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: nnx.State  # trainable (nnx.Param)
+    model_state: nnx.State  # everything else the model carries, e.g. BatchNorm running statistics
+    opt_state: optax.OptState
+
+
+def init_train_state(model: nnx.Module, tx: optax.GradientTransformation,
+                     frozen_batchnorm: bool = False) -> tuple[nnx.GraphDef, nnx.GraphDef, TrainState]:
+    """(train-mode graphdef, eval-mode graphdef, state). The model object is not used afterwards.
+
+    With `frozen_batchnorm`, training also normalises with the stored statistics and never updates
+    them (BatchNorm's scale and bias still train), as deep metric learning usually does: a PK batch
+    of a few classes gives biased batch statistics.
+    """
+    model.eval()
+    eval_graphdef = nnx.graphdef(model)
+    if not frozen_batchnorm:
+        model.train()
+    graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
+    state = TrainState(jnp.zeros((), jnp.int32), params, model_state, tx.init(params))
+    return graphdef, eval_graphdef, state
+
+
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_fn: LossFn, mesh: Mesh):
+    """(state, images, labels) -> (state, metrics), jitted with the batch sharded over `mesh`."""
+
+    def step(state: TrainState, images: jax.Array, labels: jax.Array):
+        def compute_loss(params):
+            # Fresh Variable objects for this trace: NNX refuses to update BatchNorm statistics
+            # held by Variables that were created in an enclosing trace.
+            model = nnx.merge(graphdef, params, jax.tree.map(lambda x: x, state.model_state))
+            loss, aux = loss_fn(model(images), labels)
+            return loss, (aux, nnx.state(model, nnx.Not(nnx.Param)))
+
+        (loss, (aux, model_state)), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
+        return TrainState(state.step + 1, params, model_state, opt_state), metrics
+
+    repl, data = replicated(mesh), batch_sharded(mesh)
+    return jax.jit(step, in_shardings=(repl, data, data), out_shardings=(repl, repl), donate_argnums=0)
+
+
+def make_embed_fn(eval_graphdef: nnx.GraphDef, mesh: Mesh) -> Callable[[TrainState, Any], jax.Array]:
+    """(state, images) -> embeddings, in eval mode (BatchNorm running statistics)."""
+
+    def embed(state: TrainState, images: jax.Array) -> jax.Array:
+        return nnx.merge(eval_graphdef, state.params, state.model_state)(images)
+
+    repl = replicated(mesh)
+    return jax.jit(embed, in_shardings=(repl, batch_sharded(mesh)), out_shardings=repl)

@@ -1,0 +1,134 @@
+import json
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+from configs import common
+from conftest import run_launch, write_image
+from navee_jax.data.pipeline import eval_batches, pk_indices, train_batches
+from navee_jax.data.sources import digits_catalogue, folder_catalogue
+from navee_jax.data.splits import make_split
+from navee_jax.errors import UserError
+
+
+def test_digits_catalogue_is_sklearn_digits():
+    cat, ref = digits_catalogue(), load_digits()
+    assert len(cat) == 1797 and cat.class_names == tuple(str(i) for i in range(10))
+    np.testing.assert_array_equal(cat.labels, ref.target)
+    np.testing.assert_allclose(cat.pixels[..., 0] / 255 * 16, ref.images, atol=16 / 255)
+
+
+def test_digits_split_holds_out_6_to_9_as_a_partition():
+    cfg = common.get_config()
+    cat = digits_catalogue()
+    split = make_split(cat, cfg.split, seed=0)
+    assert set(cat.labels[split.train]) == {0, 1, 2, 3, 4, 5}
+    assert set(cat.labels[split.support]) == set(cat.labels[split.query]) == {6, 7, 8, 9}
+    everything = np.concatenate([split.train, split.support, split.query, split.unused])
+    np.testing.assert_array_equal(np.sort(everything), np.arange(len(cat)))
+    again = make_split(cat, cfg.split, seed=0)
+    np.testing.assert_array_equal(split.support, again.support)
+    assert not np.array_equal(split.support, make_split(cat, cfg.split, seed=1).support)
+
+
+def test_pk_indices_draw_p_classes_k_images():
+    labels = np.repeat(np.arange(8), [5, 5, 5, 5, 5, 5, 3, 1])
+    pool = np.arange(len(labels))
+    batches = pk_indices(labels, pool, classes_per_batch=4, images_per_class=4, num_batches=30,
+                         rng=np.random.default_rng(0))
+    for b in batches:
+        classes, counts = np.unique(labels[b], return_counts=True)
+        assert len(classes) == 4 and np.all(counts == 4)
+        assert 7 not in classes  # a single-image class can form no positive pair
+        for c in classes:
+            if c != 6:  # enough images: no repeats within a class
+                assert len(np.unique(b[labels[b] == c])) == 4
+    with pytest.raises(UserError, match="classes_per_batch"):
+        pk_indices(labels, pool, 8, 2, 1, np.random.default_rng(0))
+
+
+def test_train_batches_are_deterministic_and_match_the_images():
+    cfg = common.get_config()
+    cfg.data.image_size = 8
+    cfg.data.flip = False
+    cat = digits_catalogue()
+    pool = np.flatnonzero(cat.labels < 6)
+    a = list(train_batches(cat, pool, cfg, epoch=3, num_batches=2))
+    b = list(train_batches(cat, pool, cfg, epoch=3, num_batches=2))
+    c = list(train_batches(cat, pool, cfg, epoch=4, num_batches=2))
+    np.testing.assert_array_equal(a[0]["images"], b[0]["images"])
+    assert not np.array_equal(a[0]["images"], c[0]["images"])
+    # At the source resolution and without flips, the batch is the normalised source pixels.
+    idx = pk_indices(cat.labels, pool, 6, 8, 2, np.random.default_rng([cfg.seed, 2, 3]))[0]
+    want = (cat.pixels[idx].astype(np.float32) / 255 - np.array(cfg.data.mean)) / np.array(cfg.data.std)
+    np.testing.assert_allclose(a[0]["images"], want, atol=1e-5)
+    np.testing.assert_array_equal(a[0]["labels"], cat.labels[idx])
+
+
+def test_flip_is_seeded_and_mirrors():
+    cfg = common.get_config()
+    cfg.data.image_size = 8
+    cat = digits_catalogue()
+    pool = np.flatnonzero(cat.labels < 6)
+    flipped = next(train_batches(cat, pool, cfg, 0, 1))["images"]
+    cfg.data.flip = False
+    plain = next(train_batches(cat, pool, cfg, 0, 1))["images"]
+    same = [np.array_equal(f, p) for f, p in zip(flipped, plain)]
+    mirrored = [np.array_equal(f, p[:, ::-1]) for f, p in zip(flipped, plain)]
+    assert all(s or m for s, m in zip(same, mirrored)) and 0 < sum(mirrored) < len(mirrored)
+
+
+def test_folder_source_decodes_in_tf_like_pil(image_folder):
+    cat = folder_catalogue(str(image_folder))
+    assert cat.class_names == ("class0", "class1", "class2") and len(cat) == 12 and not cat.skipped
+    cfg = common.get_config()
+    cfg.data.image_size = 12  # the source size: no resampling
+    png = [i for i, p in enumerate(cat.paths) if p.endswith(".png")][0]
+    got = next(eval_batches(cat, np.array([png]), cfg.data, 1))[0]
+    from PIL import Image
+    pixels = np.asarray(Image.open(cat.paths[png]).convert("RGB"), np.float32) / 255
+    np.testing.assert_allclose(got, (pixels - np.array(cfg.data.mean)) / np.array(cfg.data.std), atol=1e-5)
+
+
+def test_bad_files_are_skipped_counted_and_listed(image_folder):
+    (image_folder / "empty_class").mkdir()
+    (image_folder / "class0" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
+    cat = folder_catalogue(str(image_folder))
+    assert len(cat) == 12
+    reasons = {s.path: s.reason for s in cat.skipped}
+    assert reasons[str(image_folder / "empty_class")].startswith("empty class folder")
+    assert reasons[str(image_folder / "class0" / "corrupt.jpg")].startswith("unreadable image")
+    assert "skipped 2 file(s)/folder(s)" in cat.skip_report()[0]
+
+
+def _launch_on_folder(root, workdir, *extra):
+    return run_launch(["--config=configs/triplet.py", f"--workdir={workdir}", "--config.data.source=folder",
+                       f"--config.data.root={root}", "--config.split.heldout_classes=()",
+                       "--config.split.num_heldout_classes=1", "--config.sampler.classes_per_batch=2",
+                       "--config.sampler.images_per_class=2", "--config.model.width=4", "--config.model.embed_dim=8",
+                       "--config.data.image_size=8", "--config.train.num_epochs=1", "--config.train.steps_per_epoch=1",
+                       "--config.eval.ways=1", "--config.eval.shots=(1,)", *extra], timeout=300)
+
+
+def test_launch_reports_missing_root_in_one_line(tmp_path):
+    r = _launch_on_folder(tmp_path / "nowhere", tmp_path / "w")
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr and r.stderr.strip().count("\n") == 0
+    assert str(tmp_path / "nowhere") in r.stderr
+
+
+@pytest.mark.slow
+def test_launch_skips_corrupt_and_empty_then_trains(image_folder, tmp_path):
+    (image_folder / "empty_class").mkdir()
+    bad = image_folder / "class1" / "truncated.png"
+    write_image(str(bad), seed=99)
+    bad.write_bytes(bad.read_bytes()[:40])  # a PNG cut short: the header parses, decoding fails
+    r = _launch_on_folder(image_folder, tmp_path / "w")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    assert "skipped 2 file(s)/folder(s)" in r.stdout
+    assert f"skipped {bad}: unreadable image" in r.stdout
+    assert f"skipped {image_folder / 'empty_class'}: empty class folder" in r.stdout
+    listed = json.loads((tmp_path / "w" / "skipped_files.json").read_text())
+    assert {e["path"] for e in listed} == {str(bad), str(image_folder / "empty_class")}

@@ -1,0 +1,47 @@
+import jax
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from configs import triplet
+from navee_jax.data.pipeline import train_batches
+from navee_jax.data.sources import digits_catalogue
+from navee_jax.models import build_model
+from navee_jax.train.loop import make_loss_fn
+from navee_jax.train.sharding import make_mesh, replicated, shard_batch
+from navee_jax.train.step import init_train_state, make_train_step
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_batchnorm_statistics_update_unless_frozen(frozen):
+    cfg = triplet.get_config()
+    cfg.model.width, cfg.model.embed_dim, cfg.data.image_size = 4, 8, 16
+    cat = digits_catalogue()
+    batch = next(train_batches(cat, np.flatnonzero(cat.labels < 6), cfg, 0, 1))
+    mesh, tx = make_mesh(), optax.adam(1e-2)
+    graphdef, _, state = init_train_state(build_model(cfg.model, nnx.Rngs(0)), tx, frozen_batchnorm=frozen)
+    before = jax.device_get(state)
+    step = make_train_step(graphdef, tx, make_loss_fn(cfg.loss), mesh)
+    after, metrics = step(jax.device_put(state, replicated(mesh)), *shard_batch((batch["images"], batch["labels"]), mesh))
+    after = jax.device_get(after)
+    stats_moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before.model_state),
+                                                            jax.tree.leaves(after.model_state))]
+    assert all(stats_moved) != frozen and (not frozen or not any(stats_moved))
+    # BatchNorm's own scale and bias are parameters: they train either way.
+    assert not np.array_equal(before.params["backbone"]["bn1"]["scale"], after.params["backbone"]["bn1"]["scale"])
+    assert int(after.step) == 1 and np.isfinite(metrics["loss"])
+
+
+def test_non_finite_loss_or_gradient_stops_training_with_the_step():
+    from navee_jax.errors import UserError
+    from navee_jax.train.loop import average_finite_metrics
+
+    cfg = triplet.get_config()
+    ok = {"loss": np.float32(0.5), "grad_norm": np.float32(2.0)}
+    assert average_finite_metrics([ok, {"loss": np.float32(1.5), "grad_norm": np.float32(4.0)}], 2, cfg) == \
+        {"loss": 1.0, "grad_norm": 3.0}
+    with pytest.raises(UserError, match="^loss not finite .* by step 7"):
+        average_finite_metrics([ok, {"loss": np.float32("nan"), "grad_norm": np.float32(1.0)}], 7, cfg)
+    with pytest.raises(UserError, match="^grad_norm not finite"):
+        average_finite_metrics([{"loss": np.float32(0.2), "grad_norm": np.float32("inf")}], 1, cfg)
