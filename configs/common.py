@@ -19,7 +19,6 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.root = config_dict.placeholder(str)  # folder source: the image root
     c.data.image_size = 32  # images are resized (squashed) to image_size x image_size
     c.data.flip = True  # random horizontal flip during training
-    c.data.crop_padding = 0  # random translation by up to this many pixels during training (0 = off)
     c.data.mean = IMAGENET_MEAN
     c.data.std = IMAGENET_STD
 

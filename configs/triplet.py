@@ -4,10 +4,17 @@ Default data: scikit-learn's bundled digits; classes 0-5 train, 6-9 are held out
 
     python launch.py --config=configs/triplet.py --workdir=runs/triplet
 
-prints the held-out mAP at initialisation, a progress line every 10 steps
-(`step 20/230 epoch 1/10 loss 0.21 ... | 3.1 steps/s ETA 0:01:10`), the held-out mAP after each
-epoch, and at the end the final mAP and 4-way 1-/5-shot 1-NN accuracy, also written to
-runs/triplet/metrics.json. Re-running the same command resumes from the latest checkpoint.
+runs in about 3 minutes on 2 CPU cores and prints the held-out mAP at initialisation (0.7271), a
+progress line every 10 steps (`step 20/276 epoch 1/12 loss 0.1871 ... | 2.89 steps/s ETA 0:01:28`),
+the held-out mAP after each epoch, and at the end
+
+    final held-out mAP 0.5016 (at initialisation 0.7271) over 357 queries
+    4-way 1-shot 1-NN accuracy 0.4640 +- 0.0310 (50 episodes; 0.7060 at initialisation)
+    4-way 5-shot 1-NN accuracy 0.6093 +- 0.0255 (50 episodes; 0.8543 at initialisation)
+
+also written to runs/triplet/metrics.json. Six base classes are too few for the learned metric to
+beat a random network on the four unseen digits (docs/results.md); on Omniglot it does. Re-running the
+same command resumes from the latest checkpoint.
 
 Your own images (root/<class>/*.jpg), 20 classes held out at random:
 
@@ -28,10 +35,6 @@ def get_config():
     c.loss.name = "batch_hard_triplet"
     c.loss.margin = 0.2
     c.loss.squared = False  # Euclidean (not squared) distances, as in Hermans et al.
-    # Deep metric learning keeps BatchNorm statistics fixed: statistics of PK batches of a few base
-    # classes do not transfer to unseen classes (on digits, trained BatchNorm statistics lose more
-    # held-out mAP than training gains; see docs/results.md).
-    c.model.frozen_batchnorm = True
     c.train.num_epochs = 12
     c.optim.decay_every_epochs = 8
     return c

@@ -34,7 +34,8 @@ def _override_problem(config: ml_collections.ConfigDict, key: str) -> str | None
             siblings = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
             close = difflib.get_close_matches(part, siblings, n=1)
             where = ".".join(walked) or "the config"
-            hint = f" (did you mean {'.'.join(walked + close)!r}?)" if close else f"; keys of {where}: {sorted(siblings)}"
+            hint = (f" (did you mean {'.'.join(walked + close)!r}?)" if close
+                    else f"; keys of {where}: {sorted(siblings)}")
             return f"unknown config key {key!r}{hint}"
         node, walked = node[part], walked + [part]
     return None
@@ -51,7 +52,8 @@ def config_file_problem(argv: list[str]) -> str | None:
     try:
         load_config_file(spec)
     except Exception as e:
-        return f"--config: {spec!r} failed to load: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        return f"--config: {spec!r} failed to load: {type(e).__name__}: {detail}"
     return None
 
 

@@ -37,7 +37,8 @@ def test_tied_distances_ranked_like_sklearn():
 def test_collapsed_embedding_scores_the_base_rate():
     # All embeddings equal: every ranking is one tie block, so AP = fraction relevant (no lucky order).
     labels = np.array([0, 0, 1, 1, 1, 2])
-    got, _ = mean_average_precision(np.zeros((3, 4), np.float32), np.array([0, 1, 2]), np.zeros((6, 4), np.float32), labels)
+    query, support = np.zeros((3, 4), np.float32), np.zeros((6, 4), np.float32)
+    got, _ = mean_average_precision(query, np.array([0, 1, 2]), support, labels)
     assert got == pytest.approx(np.mean([2 / 6, 3 / 6, 1 / 6]))
 
 

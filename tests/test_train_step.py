@@ -23,7 +23,8 @@ def test_batchnorm_statistics_update_unless_frozen(frozen):
     graphdef, _, state = init_train_state(build_model(cfg.model, nnx.Rngs(0)), tx, frozen_batchnorm=frozen)
     before = jax.device_get(state)
     step = make_train_step(graphdef, tx, make_loss_fn(cfg.loss), mesh)
-    after, metrics = step(jax.device_put(state, replicated(mesh)), *shard_batch((batch["images"], batch["labels"]), mesh))
+    images, labels = shard_batch((batch["images"], batch["labels"]), mesh)
+    after, metrics = step(jax.device_put(state, replicated(mesh)), images, labels)
     after = jax.device_get(after)
     stats_moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before.model_state),
                                                             jax.tree.leaves(after.model_state))]
@@ -45,3 +46,15 @@ def test_non_finite_loss_or_gradient_stops_training_with_the_step():
         average_finite_metrics([ok, {"loss": np.float32("nan"), "grad_norm": np.float32(1.0)}], 7, cfg)
     with pytest.raises(UserError, match="^grad_norm not finite"):
         average_finite_metrics([{"loss": np.float32(0.2), "grad_norm": np.float32("inf")}], 1, cfg)
+
+
+def test_embedding_spread_detects_collapse():
+    from navee_jax.train.step import embedding_spread
+
+    rng = np.random.default_rng(0)
+    healthy = rng.normal(size=(32, 16))
+    collapsed = np.ones((32, 16)) + 1e-6 * rng.normal(size=(32, 16))
+    centred = healthy - healthy.mean(0)
+    want = np.linalg.norm(centred, axis=1).mean() / np.linalg.norm(healthy, axis=1).mean()
+    assert float(embedding_spread(healthy)) == pytest.approx(want, rel=1e-5)
+    assert float(embedding_spread(collapsed)) < 1e-5

@@ -6,6 +6,7 @@ epoch's batches are identical whether a run is fresh or resumed; tf.data does th
 
 from __future__ import annotations
 
+import functools
 from typing import Iterator
 
 import ml_collections
@@ -15,6 +16,7 @@ from navee_jax.data.catalogue import Catalogue
 from navee_jax.errors import UserError
 
 
+@functools.cache
 def _tf():
     import tensorflow as tf
 
@@ -33,7 +35,8 @@ def pk_indices(labels: np.ndarray, pool: np.ndarray, classes_per_batch: int, ima
     eligible = np.array(sorted(c for c, m in by_class.items() if len(m) >= 2))
     if len(eligible) < classes_per_batch:
         raise UserError(
-            f"sampler.classes_per_batch={classes_per_batch}, but only {len(eligible)} training classes have >= 2 images; "
+            f"sampler.classes_per_batch={classes_per_batch}, but only {len(eligible)} training classes have "
+            f">= 2 images; "
             f"lower --config.sampler.classes_per_batch")
     batches = np.empty((num_batches, classes_per_batch * images_per_class), np.int64)
     for b in range(num_batches):
@@ -81,13 +84,8 @@ def train_batches(catalogue: Catalogue, pool: np.ndarray, cfg: ml_collections.Co
     seeds = np.stack([np.full(len(idx), aug_seed), np.arange(len(idx))], axis=1).astype(np.int64)
     load = _image_fn(catalogue, cfg.data)
 
-    size, pad = cfg.data.image_size, cfg.data.crop_padding
-
     def prepare(i, label, seed):
         img = load(i)
-        if pad:  # random translation by up to `pad` pixels: pad with the background, crop back
-            img = tf.pad(img, [[pad, pad], [pad, pad], [0, 0]], mode="SYMMETRIC")
-            img = tf.image.stateless_random_crop(img, (size, size, 3), seed + [0, 1])
         if cfg.data.flip:
             img = tf.image.stateless_random_flip_left_right(img, seed)
         return {"images": img, "labels": tf.cast(label, tf.int32)}

@@ -61,7 +61,8 @@ def folder_catalogue(root: str, num_workers: int = 8) -> Catalogue:
     good = [(p, c) for (p, c), why in zip(candidates, problems) if why is None]
     skipped += [Skipped(p, why) for (p, _), why in zip(candidates, problems) if why is not None]
     if not good:
-        raise UserError(f"data.root: no readable {'/'.join(IMAGE_EXTENSIONS)} images under {root!r} (expected root/<class>/*)")
+        raise UserError(f"data.root: no readable {'/'.join(IMAGE_EXTENSIONS)} images under {root!r} "
+                        f"(expected root/<class>/*)")
     names = tuple(sorted({c for _, c in good}))
     lookup = {n: i for i, n in enumerate(names)}
     return Catalogue(

@@ -23,7 +23,9 @@ class Split:
     heldout_classes: tuple[str, ...]
 
     def to_json(self, catalogue: Catalogue) -> dict:
-        refs = lambda idx: [catalogue.ref(int(i)) for i in idx]  # noqa: E731
+        def refs(idx: np.ndarray) -> list[str]:
+            return [catalogue.ref(int(i)) for i in idx]
+
         return {
             "catalogue": catalogue.name,
             "heldout_classes": list(self.heldout_classes),
@@ -54,7 +56,8 @@ def make_split(catalogue: Catalogue, cfg: ml_collections.ConfigDict, seed: int) 
     else:
         k = cfg.num_heldout_classes
         if not 0 < k < len(names):
-            raise UserError(f"split.num_heldout_classes={k}: must be between 1 and {len(names) - 1} (catalogue has {len(names)} classes)")
+            raise UserError(f"split.num_heldout_classes={k}: must be between 1 and {len(names) - 1} "
+                            f"(catalogue has {len(names)} classes)")
         heldout = tuple(sorted(rng.choice(np.array(names), size=k, replace=False).tolist()))
     heldout_ids = set(catalogue.class_indices(heldout).tolist())
     train = np.flatnonzero([lab not in heldout_ids for lab in catalogue.labels])
@@ -67,11 +70,15 @@ def make_split(catalogue: Catalogue, cfg: ml_collections.ConfigDict, seed: int) 
         n_support = int(np.clip(round(cfg.support_fraction * len(members)), 1, len(members) - 1))
         support.append(members[:n_support])
         query.append(members[n_support:])
-    cat = lambda parts: np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)  # noqa: E731
-    split = Split(train=train, support=cat(support), query=cat(query), unused=cat(unused), heldout_classes=heldout)
+    def join(parts: list[np.ndarray]) -> np.ndarray:
+        return np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+
+    split = Split(train=train, support=join(support), query=join(query), unused=join(unused),
+                  heldout_classes=heldout)
     _check_partition(split, len(catalogue))
     if len(split.support) == 0:
-        raise UserError(f"split: no held-out class has >= {max(2, cfg.min_images_per_class)} images; nothing to evaluate")
+        raise UserError(f"split: no held-out class has >= {max(2, cfg.min_images_per_class)} images; "
+                        f"nothing to evaluate")
     if len(np.unique(catalogue.labels[split.train])) < 2:
         raise UserError("split: fewer than 2 training classes remain; hold out fewer classes")
     return split

@@ -46,7 +46,8 @@ class Checkpoints:
         """The train state, into the structure, shapes and shardings of `like` (a freshly built state)."""
         abstract = jax.tree.map(ocp.tree.to_shape_dtype_struct, like)
         try:
-            return self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
+            args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+            return self.manager.restore(step, args=args)["state"]
         except Exception as e:  # orbax/tensorstore raise many types; all mean "does not fit this config"
             raise UserError(f"checkpoint {self.directory}/{step} does not match this config ({_first_line(e)}); "
                             f"use the config it was trained with, or a fresh --workdir") from None

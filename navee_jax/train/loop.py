@@ -26,6 +26,9 @@ from navee_jax.train.progress import Progress
 from navee_jax.train.sharding import check_divisible, make_mesh, replicated, shard_batch
 from navee_jax.train.step import init_train_state, make_embed_fn, make_train_step
 
+# Below this embedding spread (see train.step.embedding_spread) the run is reported as collapsed.
+COLLAPSE_SPREAD = 1e-2
+
 # Config sections a checkpoint depends on: resuming with any of them changed is refused.
 _RESUME_MUST_MATCH = ("seed", "data", "split", "model", "loss", "sampler")
 
@@ -118,21 +121,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             initial = evaluate(state)
             print(f"epoch 0/{num_epochs} held-out mAP {initial['map']:.4f} (at initialisation)")
 
-        progress = Progress(total_steps, start_epoch * steps_per_epoch)
+        progress, warned_collapse = Progress(total_steps, start_epoch * steps_per_epoch), False
         train_start = time.perf_counter()
         for epoch in range(start_epoch, num_epochs):
-            pending = []
+            pending, loss_sum = [], 0.0
             for i, batch in enumerate(train_batches(catalogue, split.train, config, epoch, steps_per_epoch)):
                 state, metrics = train_step(state, *shard_batch((batch["images"], batch["labels"]), mesh))
                 pending.append(metrics)
                 step = epoch * steps_per_epoch + i + 1
                 if step % config.train.log_every == 0 or i + 1 == steps_per_epoch:
                     logged = {**average_finite_metrics(pending, step, config), "lr": float(schedule(step - 1))}
+                    loss_sum += logged["loss"] * len(pending)
                     pending = []
                     print(progress.line(step, epoch + 1, num_epochs, logged))
+                    if logged["spread"] < COLLAPSE_SPREAD and not warned_collapse:
+                        warned_collapse = True
+                        print(f"warning: the embedding has collapsed at step {step} (all training images map to "
+                              f"nearly one point: spread {logged['spread']:.2g}); retrieval numbers from it are "
+                              f"not trustworthy: lower --config.optim.lr or change the loss/margin")
                     writer.write_scalars(step, {f"train/{k}": v for k, v in logged.items()})
             epoch_map = evaluate(state, few_shot=False)["map"]
-            history.append({"epoch": epoch + 1, "step": step, "map": epoch_map})
+            history.append({"epoch": epoch + 1, "step": step, "map": epoch_map, "loss": loss_sum / steps_per_epoch})
             meta = {"epoch": epoch + 1, "history": history, "initial": initial,
                     "fingerprint": _resume_fingerprint(config)}
             ckpt.save(step, state, meta, {"map": epoch_map})

@@ -41,6 +41,12 @@ def init_train_state(model: nnx.Module, tx: optax.GradientTransformation,
     return graphdef, eval_graphdef, state
 
 
+def embedding_spread(embeddings: jax.Array) -> jax.Array:
+    """Mean distance to the batch centroid over mean norm: near 0 means the embedding collapsed."""
+    centred = embeddings - embeddings.mean(axis=0)
+    return jnp.linalg.norm(centred, axis=1).mean() / (jnp.linalg.norm(embeddings, axis=1).mean() + 1e-12)
+
+
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_fn: LossFn, mesh: Mesh):
     """(state, images, labels) -> (state, metrics), jitted with the batch sharded over `mesh`."""
 
@@ -49,8 +55,9 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, lo
             # Fresh Variable objects for this trace: NNX refuses to update BatchNorm statistics
             # held by Variables that were created in an enclosing trace.
             model = nnx.merge(graphdef, params, jax.tree.map(lambda x: x, state.model_state))
-            loss, aux = loss_fn(model(images), labels)
-            return loss, (aux, nnx.state(model, nnx.Not(nnx.Param)))
+            embeddings = model(images)
+            loss, aux = loss_fn(embeddings, labels)
+            return loss, ({**aux, "spread": embedding_spread(embeddings)}, nnx.state(model, nnx.Not(nnx.Param)))
 
         (loss, (aux, model_state)), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
