@@ -29,8 +29,9 @@ from navee_jax.train.step import init_train_state, make_embed_fn, make_train_ste
 # Below this embedding spread (see train.step.embedding_spread) the run is reported as collapsed.
 COLLAPSE_SPREAD = 1e-2
 
-# Config sections a checkpoint depends on: resuming with any of them changed is refused.
+# Config sections (and keys) a checkpoint depends on: resuming with any of them changed is refused.
 _RESUME_MUST_MATCH = ("seed", "data", "split", "model", "loss", "sampler")
+_RESUME_MUST_MATCH_KEYS = ("train.steps_per_epoch",)  # epoch <-> step bookkeeping
 
 
 def make_loss_fn(cfg: ml_collections.ConfigDict):
@@ -47,8 +48,8 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 
 def _resume_fingerprint(config: ml_collections.ConfigDict) -> dict:
-    full = json.loads(config.to_json())
-    return _flat({k: full[k] for k in _RESUME_MUST_MATCH if k in full})
+    full = _flat(json.loads(config.to_json()))
+    return {k: v for k, v in full.items() if k.split(".")[0] in _RESUME_MUST_MATCH or k in _RESUME_MUST_MATCH_KEYS}
 
 
 def _check_resumable(saved: dict, config: ml_collections.ConfigDict, where: str) -> None:
@@ -66,15 +67,12 @@ def _write_json(path: str, obj) -> None:
     os.replace(path + ".tmp", path)
 
 
-def _prepare_data(config: ml_collections.ConfigDict, workdir: str) -> tuple[Catalogue, Split]:
-    """Catalogue (skipped files printed and listed) and split, both written to the workdir."""
+def _prepare_data(config: ml_collections.ConfigDict) -> tuple[Catalogue, Split]:
+    """Catalogue (skipped files printed one per line) and split."""
     catalogue = load_catalogue(config.data)
     for line in catalogue.skip_report():
         print(line)
-    _write_json(os.path.join(workdir, "skipped_files.json"),
-                [{"path": s.path, "reason": s.reason} for s in catalogue.skipped])
     split = make_split(catalogue, config.split, config.seed)
-    write_split(split, catalogue, os.path.join(workdir, "splits.json"))
     n_train_classes = len(np.unique(catalogue.labels[split.train]))
     print(f"data: {catalogue.name}: {len(catalogue)} images, {len(catalogue.class_names)} classes; "
           f"train {len(split.train)} images / {n_train_classes} classes; held out {split.heldout_classes}: "
@@ -85,9 +83,7 @@ def _prepare_data(config: ml_collections.ConfigDict, workdir: str) -> tuple[Cata
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains, checkpoints each epoch, evaluates on held-out classes; returns what metrics.json holds."""
-    os.makedirs(workdir, exist_ok=True)
-    _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
-    catalogue, split = _prepare_data(config, workdir)
+    catalogue, split = _prepare_data(config)
 
     mesh = make_mesh()
     batch_size = config.sampler.classes_per_batch * config.sampler.images_per_class
@@ -106,14 +102,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     train_step = make_train_step(graphdef, tx, make_loss_fn(config.loss), mesh)
     evaluate = HeldoutEvaluator(catalogue, split, config, make_embed_fn(eval_graphdef, mesh), mesh)
 
+    os.makedirs(workdir, exist_ok=True)
     ckpt = Checkpoints(workdir, config.train.keep_checkpoints)
-    writer = _metric_writer(workdir)
+    writer = None
     try:
         latest = ckpt.latest_step()
-        if latest is not None:
-            meta = ckpt.restore_meta(latest)
+        meta = ckpt.restore_meta(latest) if latest is not None else None
+        if meta is not None:
             _check_resumable(meta["fingerprint"], config, f"workdir {workdir}")
             state = ckpt.restore(latest, state)
+        # Only once the workdir is known to belong to this config are its files (re)written.
+        _write_run_files(workdir, config, catalogue, split)
+        writer = _metric_writer(workdir)
+        if meta is not None:
             start_epoch, history, initial = meta["epoch"], meta["history"], meta["initial"]
             print(f"resuming from checkpoint step {latest} (epoch {start_epoch}/{num_epochs}) in {ckpt.directory}")
         else:
@@ -121,7 +122,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             initial = evaluate(state)
             print(f"epoch 0/{num_epochs} held-out mAP {initial['map']:.4f} (at initialisation)")
 
-        progress, warned_collapse = Progress(total_steps, start_epoch * steps_per_epoch), False
+        report = IntervalReport(Progress(total_steps, start_epoch * steps_per_epoch), writer, config, schedule)
         train_start = time.perf_counter()
         for epoch in range(start_epoch, num_epochs):
             pending, loss_sum = [], 0.0
@@ -130,16 +131,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 pending.append(metrics)
                 step = epoch * steps_per_epoch + i + 1
                 if step % config.train.log_every == 0 or i + 1 == steps_per_epoch:
-                    logged = {**average_finite_metrics(pending, step, config), "lr": float(schedule(step - 1))}
-                    loss_sum += logged["loss"] * len(pending)
+                    loss_sum += report(pending, step, epoch + 1, num_epochs) * len(pending)
                     pending = []
-                    print(progress.line(step, epoch + 1, num_epochs, logged))
-                    if logged["spread"] < COLLAPSE_SPREAD and not warned_collapse:
-                        warned_collapse = True
-                        print(f"warning: the embedding has collapsed at step {step} (all training images map to "
-                              f"nearly one point: spread {logged['spread']:.2g}); retrieval numbers from it are "
-                              f"not trustworthy: lower --config.optim.lr or change the loss/margin")
-                    writer.write_scalars(step, {f"train/{k}": v for k, v in logged.items()})
             epoch_map = evaluate(state, few_shot=False)["map"]
             history.append({"epoch": epoch + 1, "step": step, "map": epoch_map, "loss": loss_sum / steps_per_epoch})
             meta = {"epoch": epoch + 1, "history": history, "initial": initial,
@@ -151,7 +144,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                   f"(best {best['map']:.4f} at epoch {best['epoch']}); checkpoint saved at step {step}")
     finally:
         ckpt.close()
-        writer.close()
+        if writer is not None:
+            writer.close()
 
     final = evaluate(state)
     results = {"final": final, "initial": initial, "history": history, "steps": total_steps,
@@ -167,6 +161,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     print(f"trained {total_steps - start_epoch * steps_per_epoch} steps in {time.perf_counter() - train_start:.1f}s; "
           f"wrote {os.path.join(workdir, 'metrics.json')}")
     return results
+
+
+def _write_run_files(workdir: str, config: ml_collections.ConfigDict, catalogue: Catalogue, split: Split) -> None:
+    _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
+    _write_json(os.path.join(workdir, "skipped_files.json"),
+                [{"path": s.path, "reason": s.reason} for s in catalogue.skipped])
+    write_split(split, catalogue, os.path.join(workdir, "splits.json"))
+
+
+class IntervalReport:
+    """Every log interval: check the metrics are finite, print the progress line, write TensorBoard."""
+
+    def __init__(self, progress: Progress, writer, config: ml_collections.ConfigDict, schedule):
+        self.progress, self.writer, self.config, self.schedule = progress, writer, config, schedule
+        self.warned_collapse = False
+
+    def __call__(self, pending: list[dict], step: int, epoch: int, num_epochs: int) -> float:
+        """Returns the interval's mean loss."""
+        logged = {**average_finite_metrics(pending, step, self.config), "lr": float(self.schedule(step - 1))}
+        print(self.progress.line(step, epoch, num_epochs, logged))
+        if logged["spread"] < COLLAPSE_SPREAD and not self.warned_collapse:
+            self.warned_collapse = True
+            print(f"warning: the embedding has collapsed at step {step} (all training images map to nearly one "
+                  f"point: spread {logged['spread']:.2g}); retrieval numbers from it are not trustworthy: "
+                  f"lower --config.optim.lr or change the loss/margin")
+        self.writer.write_scalars(step, {f"train/{k}": v for k, v in logged.items()})
+        return logged["loss"]
 
 
 def average_finite_metrics(pending: list[dict], step: int, config: ml_collections.ConfigDict) -> dict[str, float]:
