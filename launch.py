@@ -27,7 +27,7 @@ def _fail(message: str) -> None:
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
-    problem = config_file_problem(argv)
+    problem = None if {"-h", "--help", "--helpfull"} & set(argv) else config_file_problem(argv)
     if problem:
         _fail(problem)
     try:

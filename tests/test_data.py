@@ -94,12 +94,16 @@ def test_folder_source_decodes_in_tf_like_pil(image_folder):
 def test_bad_files_are_skipped_counted_and_listed(image_folder):
     (image_folder / "empty_class").mkdir()
     (image_folder / "class0" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
+    (image_folder / "class1" / "notes.txt").write_text("not an image")
+    (image_folder / "stray.png").write_bytes(b"")
     cat = folder_catalogue(str(image_folder))
     assert len(cat) == 12
     reasons = {s.path: s.reason for s in cat.skipped}
     assert reasons[str(image_folder / "empty_class")].startswith("empty class folder")
     assert reasons[str(image_folder / "class0" / "corrupt.jpg")].startswith("unreadable image")
-    assert "skipped 2 file(s)/folder(s)" in cat.skip_report()[0]
+    assert reasons[str(image_folder / "class1" / "notes.txt")].startswith("unsupported file")
+    assert reasons[str(image_folder / "stray.png")].startswith("not in a class folder")
+    assert "skipped 4 file(s)/folder(s)" in cat.skip_report()[0]
 
 
 def _launch_on_folder(root, workdir, *extra):

@@ -51,10 +51,14 @@ def folder_catalogue(root: str, num_workers: int = 8) -> Catalogue:
     for cls in sorted(os.listdir(root)):
         folder = os.path.join(root, cls)
         if not os.path.isdir(folder):
+            skipped.append(Skipped(folder, "not in a class folder (expected root/<class>/<image>)"))
             continue
-        files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
+        entries = sorted(os.listdir(folder))
+        files = [f for f in entries if f.lower().endswith(IMAGE_EXTENSIONS)]
         if not files:
             skipped.append(Skipped(folder, f"empty class folder: no {'/'.join(IMAGE_EXTENSIONS)} images"))
+        skipped += [Skipped(os.path.join(folder, f), f"unsupported file: not {'/'.join(IMAGE_EXTENSIONS)}")
+                    for f in entries if f not in files]
         candidates += [(os.path.join(folder, f), cls) for f in files]
     with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
         problems = list(pool.map(_check_image, [p for p, _ in candidates]))
