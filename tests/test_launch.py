@@ -74,7 +74,13 @@ def test_short_run_learns_and_resumes_after_sigkill(tmp_path):
     assert resumed["final"]["map"] == pytest.approx(metrics["final"]["map"], abs=1e-5)
     assert resumed["initial"] == metrics["initial"]
 
-    # 3. Resuming that workdir with a different model is refused in one line.
+    # 3. Re-running a finished run trains nothing and reproduces its final evaluation.
+    r = run_launch([*args, f"--workdir={killed}"])
+    assert r.returncode == 0 and f"resuming from checkpoint step {metrics['steps']} " in r.stdout
+    assert "trained 0 steps" in r.stdout
+    assert json.loads((killed / "metrics.json").read_text())["final"] == resumed["final"]
+
+    # 4. Resuming that workdir with a different model is refused in one line.
     r = run_launch([*args, f"--workdir={killed}", "--config.model.embed_dim=64"], timeout=300)
     assert r.returncode == 2 and "model.embed_dim=32" in r.stderr and "Traceback" not in r.stderr
 

@@ -123,7 +123,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             print(f"epoch 0/{num_epochs} held-out mAP {initial['map']:.4f} (at initialisation)")
 
         report = IntervalReport(Progress(total_steps, start_epoch * steps_per_epoch), writer, config, schedule)
-        train_start = time.perf_counter()
+        train_start, result = time.perf_counter(), None
         for epoch in range(start_epoch, num_epochs):
             pending, loss_sum = [], 0.0
             for i, batch in enumerate(train_batches(catalogue, split.train, config, epoch, steps_per_epoch)):
@@ -133,7 +133,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 if step % config.train.log_every == 0 or i + 1 == steps_per_epoch:
                     loss_sum += report(pending, step, epoch + 1, num_epochs) * len(pending)
                     pending = []
-            epoch_map = evaluate(state, few_shot=False)["map"]
+            result = evaluate(state, few_shot=epoch + 1 == num_epochs)  # the last epoch's is the final one
+            epoch_map = result["map"]
             history.append({"epoch": epoch + 1, "step": step, "map": epoch_map, "loss": loss_sum / steps_per_epoch})
             meta = {"epoch": epoch + 1, "history": history, "initial": initial,
                     "fingerprint": _resume_fingerprint(config)}
@@ -147,7 +148,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if writer is not None:
             writer.close()
 
-    final = evaluate(state)
+    final = result or evaluate(state)  # a run resumed after its last epoch has no result yet
     results = {"final": final, "initial": initial, "history": history, "steps": total_steps,
                "best_epoch": max(history, key=lambda h: h["map"]) if history else None}
     _write_json(os.path.join(workdir, "metrics.json"), results)
