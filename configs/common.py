@@ -15,16 +15,25 @@ def get_config() -> ml_collections.ConfigDict:
     c.seed = 0
 
     c.data = ml_collections.ConfigDict()
-    c.data.source = "digits"  # 'digits' (sklearn's bundled 8x8 digits, offline) | 'folder' (root/<class>/*.jpg|png)
-    c.data.root = config_dict.placeholder(str)  # folder source: the image root
+    # 'digits' (sklearn's bundled 8x8 digits, offline) | 'folder' (root/.../<class>/<image>, any depth)
+    # | 'styles_csv' (Kaggle Fashion Product Images: root/styles.csv + root/images/<id>.jpg)
+    c.data.source = "digits"
+    c.data.root = config_dict.placeholder(str)  # folder / styles_csv sources: the data root
+    c.data.group_level = -1  # folder source: path component naming the group (0 = first level; -1 = none)
+    c.data.label_column = "articleType"  # styles_csv source: the class column
+    c.data.group_column = ""  # styles_csv source: the group column ('' = none), e.g. masterCategory
     c.data.image_size = 32  # images are resized (squashed) to image_size x image_size
     c.data.flip = True  # random horizontal flip during training
     c.data.mean = IMAGENET_MEAN
     c.data.std = IMAGENET_STD
 
     c.split = ml_collections.ConfigDict()
-    c.split.heldout_classes = ("6", "7", "8", "9")  # never seen in training; () = draw num_heldout_classes
-    c.split.num_heldout_classes = 0
+    c.split.mode = "classes"  # 'classes' | 'groups' (whole groups unseen) | 'partial' (classes of one seen group)
+    c.split.heldout_classes = ("6", "7", "8", "9")  # mode 'classes'; () = draw num_heldout_classes
+    c.split.num_heldout_classes = 0  # modes 'classes' and 'partial'
+    c.split.heldout_groups = ()  # mode 'groups', by name; () = draw num_heldout_groups
+    c.split.num_heldout_groups = 1
+    c.split.partial_group = ""  # mode 'partial': the seen group that gives up num_heldout_classes classes
     c.split.support_fraction = 0.5  # of each held-out class's images; the rest are queries
     c.split.min_images_per_class = 2  # smaller held-out classes are reported as unused
 

@@ -11,7 +11,8 @@ from PIL import Image  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Real data sets live beside the repository, never in it; tests using them skip where absent.
-OMNIGLOT = os.path.join(os.path.dirname(REPO), "shared", "data", "omniglot")
+SHARED_DATA = os.path.join(os.path.dirname(REPO), "shared", "data")
+OMNIGLOT = os.path.join(SHARED_DATA, "omniglot")
 
 # Small enough for a 2-core CI machine: the ResNet-18 topology at 1/8 width (about 20 s a run).
 TINY = ["--config.model.width=8", "--config.model.embed_dim=32", "--config.eval.episodes=10"]

@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 import pytest
@@ -136,3 +137,73 @@ def test_launch_skips_corrupt_and_empty_then_trains(image_folder, tmp_path):
     assert f"skipped {image_folder / 'empty_class'}: empty class folder" in r.stdout
     listed = json.loads((tmp_path / "w" / "skipped_files.json").read_text())
     assert {e["path"] for e in listed} == {str(bad), str(image_folder / "empty_class")}
+
+
+def _grouped_catalogue():
+    """4 groups (brands) x 5 classes (articles) x 3 images, as tiny in-memory pixels."""
+    from navee_jax.data.catalogue import Catalogue
+
+    classes = [f"brand{g}/article{a}" for g in range(4) for a in range(5)]
+    labels = np.repeat(np.arange(20), 3)
+    return Catalogue(name="toy", labels=labels, class_names=tuple(classes), pixels=np.zeros((60, 2, 2, 1), np.uint8),
+                     groups=tuple(classes[lab].split("/")[0] for lab in labels))
+
+
+def _split_cfg(**overrides):
+    cfg = common.get_config().split
+    cfg.heldout_classes = ()
+    cfg.update(overrides)
+    return cfg
+
+
+def test_group_split_holds_out_whole_groups():
+    cat = _grouped_catalogue()
+    split = make_split(cat, _split_cfg(mode="groups", num_heldout_groups=2), seed=0)
+    groups = np.array(cat.groups)
+    train_groups, test_groups = set(groups[split.train]), set(groups[np.concatenate([split.support, split.query])])
+    assert len(test_groups) == 2 and not train_groups & test_groups and len(train_groups) == 2
+    named = make_split(cat, _split_cfg(mode="groups", heldout_groups=("brand3",)), seed=0)
+    assert set(groups[named.support]) == {"brand3"} and len(named.train) == 45
+    np.testing.assert_array_equal(np.sort(np.concatenate([named.train, named.support, named.query])), np.arange(60))
+
+
+def test_partial_split_holds_out_some_classes_of_a_seen_group():
+    cat = _grouped_catalogue()
+    split = make_split(cat, _split_cfg(mode="partial", partial_group="brand1", num_heldout_classes=2), seed=0)
+    groups, labels = np.array(cat.groups), cat.labels
+    held = set(labels[split.support])
+    assert len(held) == 2 and set(groups[split.support]) == {"brand1"}
+    assert "brand1" in set(groups[split.train])  # the rest of the brand trains
+    assert not held & set(labels[split.train])
+
+
+def test_split_modes_report_bad_config_in_one_line():
+    with pytest.raises(UserError, match="needs groups"):
+        make_split(digits_catalogue(), _split_cfg(mode="groups"), seed=0)
+    with pytest.raises(UserError, match="split.partial_group: 'nope'"):
+        make_split(_grouped_catalogue(), _split_cfg(mode="partial", partial_group="nope", num_heldout_classes=1), 0)
+    with pytest.raises(UserError, match="split.heldout_groups"):
+        make_split(_grouped_catalogue(), _split_cfg(mode="groups", heldout_groups=("brand9",)), seed=0)
+
+
+def test_original_kaggle_styles_csv_with_unquoted_commas(tmp_path):
+    from navee_jax.data.sources import styles_catalogue
+
+    (tmp_path / "images").mkdir()
+    header = "id,gender,masterCategory,subCategory,articleType,baseColour,season,year,usage,productDisplayName"
+    lines = [header,
+             "1,Men,Apparel,Topwear,Tshirts,Navy Blue,Fall,2011,Casual,Turtle Check Men Navy Blue Shirt",
+             "2,Women,Accessories,Bags,Handbags,Black,Summer,2012,Casual,Lino Perros, Women's Black, Handbag",
+             "3,Men,Footwear,Shoes,Casual Shoes,White,Summer,2012,Casual,Puma Men White Shoes",
+             "4,Men,Footwear",
+             "5,Women,Apparel,Topwear,Tshirts,Red,Fall,2011,Casual,Red, red, red tee"]
+    (tmp_path / "styles.csv").write_text("\n".join(lines) + "\n")
+    for i in (1, 2, 4, 5):
+        write_image(str(tmp_path / "images" / f"{i}.jpg"), seed=i)
+    cat = styles_catalogue(str(tmp_path), label_column="articleType", group_column="masterCategory")
+    assert sorted(zip([os.path.basename(p) for p in cat.paths], [cat.class_names[i] for i in cat.labels])) == \
+        [("1.jpg", "Tshirts"), ("2.jpg", "Handbags"), ("5.jpg", "Tshirts")]
+    reasons = sorted(s.reason.split(":")[0] for s in cat.skipped)
+    assert reasons == ["malformed row", "missing image for a styles.csv row"]
+    with pytest.raises(UserError, match="column 'colour'"):
+        styles_catalogue(str(tmp_path), label_column="colour")

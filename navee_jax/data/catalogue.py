@@ -27,6 +27,7 @@ class Catalogue:
     class_names: tuple[str, ...]
     paths: tuple[str, ...] | None = None
     pixels: np.ndarray | None = None
+    groups: tuple[str, ...] | None = None  # per image: brand, alphabet, ... (None: the source has none)
     skipped: tuple[Skipped, ...] = ()
 
     def __post_init__(self):
@@ -47,15 +48,18 @@ class Catalogue:
         lookup = {n: i for i, n in enumerate(self.class_names)}
         return np.array([lookup[n] for n in names], dtype=np.int64)
 
-    def skip_report(self) -> list[str]:
-        """Lines to print: a count, then one line per skipped file (the list is the audit trail)."""
+    def skip_report(self, per_reason: int = 20) -> list[str]:
+        """Lines to print: counts by reason, then up to `per_reason` files of each reason (the full
+        list goes to skipped_files.json)."""
         if not self.skipped:
             return []
-        reasons: dict[str, int] = {}
+        by_reason: dict[str, list[Skipped]] = {}
         for s in self.skipped:
-            key = s.reason.split(":")[0]
-            reasons[key] = reasons.get(key, 0) + 1
-        summary = ", ".join(f"{n} {r}" for r, n in sorted(reasons.items()))
+            by_reason.setdefault(s.reason.split(":")[0], []).append(s)
+        summary = ", ".join(f"{len(v)} {r}" for r, v in sorted(by_reason.items()))
         lines = [f"data: skipped {len(self.skipped)} file(s)/folder(s) ({summary}):"]
-        lines += [f"  skipped {s.path}: {s.reason}" for s in self.skipped]
+        for reason, items in sorted(by_reason.items()):
+            lines += [f"  skipped {s.path}: {s.reason}" for s in items[:per_reason]]
+            if len(items) > per_reason:
+                lines.append(f"  ... and {len(items) - per_reason} more {reason} (all listed in skipped_files.json)")
         return lines

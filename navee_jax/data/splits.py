@@ -44,21 +44,52 @@ def _check_partition(split: Split, n: int) -> None:
         raise AssertionError("split is not a partition of the catalogue")
 
 
-def make_split(catalogue: Catalogue, cfg: ml_collections.ConfigDict, seed: int) -> Split:
-    """Held-out classes by name (`cfg.heldout_classes`) or `cfg.num_heldout_classes` drawn by seed."""
-    rng = np.random.default_rng([seed, 1])
-    names = catalogue.class_names
-    if cfg.heldout_classes:
-        missing = [c for c in cfg.heldout_classes if c not in names]
+def _pick(what: str, names: list[str], chosen: tuple[str, ...], count: int, rng: np.random.Generator) -> list[str]:
+    """`chosen` by name, or else `count` of `names` drawn by `rng` (at least one must stay out)."""
+    if chosen:
+        missing = [c for c in chosen if c not in names]
         if missing:
-            raise UserError(f"split.heldout_classes: {missing} not in the catalogue's classes {list(names)[:20]}")
-        heldout = tuple(cfg.heldout_classes)
-    else:
-        k = cfg.num_heldout_classes
-        if not 0 < k < len(names):
-            raise UserError(f"split.num_heldout_classes={k}: must be between 1 and {len(names) - 1} "
-                            f"(catalogue has {len(names)} classes)")
-        heldout = tuple(sorted(rng.choice(np.array(names), size=k, replace=False).tolist()))
+            raise UserError(f"split.heldout_{what}: {missing} not among the catalogue's {what} {names[:20]}")
+        return list(chosen)
+    if not 0 < count < len(names):
+        raise UserError(f"split.num_heldout_{what}={count}: must be between 1 and {len(names) - 1} "
+                        f"(there are {len(names)} {what})")
+    return sorted(rng.choice(np.array(names), size=count, replace=False).tolist())
+
+
+def _classes_of_groups(catalogue: Catalogue, groups: list[str]) -> list[str]:
+    members = {catalogue.class_names[lab] for lab, g in zip(catalogue.labels, catalogue.groups) if g in groups}
+    return sorted(members)
+
+
+def heldout_classes(catalogue: Catalogue, cfg: ml_collections.ConfigDict, rng: np.random.Generator) -> tuple[str, ...]:
+    """The classes never seen in training, by `cfg.mode`:
+    - "classes": `heldout_classes` by name, or `num_heldout_classes` drawn at random;
+    - "groups": every class of `heldout_groups` (or `num_heldout_groups` drawn), e.g. a whole unseen brand;
+    - "partial": `num_heldout_classes` classes drawn from `partial_group`, whose other classes train.
+    """
+    names = list(catalogue.class_names)
+    if cfg.mode == "classes":
+        return tuple(_pick("classes", names, tuple(cfg.heldout_classes), cfg.num_heldout_classes, rng))
+    if cfg.mode not in ("groups", "partial"):
+        raise UserError(f"split.mode: unknown mode {cfg.mode!r}; use 'classes', 'groups' or 'partial'")
+    if catalogue.groups is None:
+        raise UserError(f"split.mode={cfg.mode!r} needs groups, but source {catalogue.name!r} has none; "
+                        f"set data.group_level (folders) or data.group_column (styles.csv)")
+    groups = sorted(set(catalogue.groups))
+    if cfg.mode == "groups":
+        return tuple(_classes_of_groups(catalogue, _pick("groups", groups, tuple(cfg.heldout_groups),
+                                                         cfg.num_heldout_groups, rng)))
+    if cfg.partial_group not in groups:
+        raise UserError(f"split.partial_group: {cfg.partial_group!r} is not a group of the catalogue {groups[:20]}")
+    in_group = _classes_of_groups(catalogue, [cfg.partial_group])
+    return tuple(_pick("classes", in_group, (), cfg.num_heldout_classes, rng))
+
+
+def make_split(catalogue: Catalogue, cfg: ml_collections.ConfigDict, seed: int) -> Split:
+    """Held-out classes (see `heldout_classes`), each cut into support and query; the rest trains."""
+    rng = np.random.default_rng([seed, 1])
+    heldout = heldout_classes(catalogue, cfg, rng)
     heldout_ids = set(catalogue.class_indices(heldout).tolist())
     train = np.flatnonzero([lab not in heldout_ids for lab in catalogue.labels])
     support, query, unused = [], [], []
