@@ -137,6 +137,11 @@ def test_launch_skips_corrupt_and_empty_then_trains(image_folder, tmp_path):
     assert f"skipped {image_folder / 'empty_class'}: empty class folder" in r.stdout
     listed = json.loads((tmp_path / "w" / "skipped_files.json").read_text())
     assert {e["path"] for e in listed} == {str(bad), str(image_folder / "empty_class")}
+    # New photos since the run started: resuming would train on another split, so it stops in one line.
+    write_image(str(image_folder / "class2" / "new.png"), seed=123)
+    r = _launch_on_folder(image_folder, tmp_path / "w")
+    assert r.returncode == 2 and "splits.json" in r.stderr and "data changed" in r.stderr, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
 
 
 def _grouped_catalogue():

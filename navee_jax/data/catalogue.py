@@ -28,6 +28,7 @@ class Catalogue:
     paths: tuple[str, ...] | None = None
     pixels: np.ndarray | None = None
     groups: tuple[str, ...] | None = None  # per image: brand, alphabet, ... (None: the source has none)
+    transparent: tuple[bool, ...] | None = None  # per file: a PNG with transparency (composited on white)
     skipped: tuple[Skipped, ...] = ()
 
     def __post_init__(self):

@@ -47,6 +47,13 @@ def pk_indices(labels: np.ndarray, pool: np.ndarray, classes_per_batch: int, ima
     return batches
 
 
+def _on_white(rgba):
+    """Composites an RGBA uint8 image onto white: product cut-outs keep a white, not black, background."""
+    tf = _tf()
+    rgb, alpha = tf.cast(rgba[..., :3], tf.float32), tf.cast(rgba[..., 3:], tf.float32) / 255.0
+    return tf.cast(tf.round(rgb * alpha + 255.0 * (1.0 - alpha)), tf.uint8)
+
+
 def _image_fn(catalogue: Catalogue, data: ml_collections.ConfigDict):
     """index -> float32 (S, S, 3) normalised image, as a TF function."""
     tf = _tf()
@@ -58,9 +65,13 @@ def _image_fn(catalogue: Catalogue, data: ml_collections.ConfigDict):
         read = lambda i: tf.gather(table, i)  # noqa: E731
     else:
         paths = tf.constant(catalogue.paths)
+        transparent = tf.constant(catalogue.transparent or (False,) * len(catalogue))
+
         # Files were fully decoded once when the catalogue was built, so this cannot fail on bad files.
-        read = lambda i: tf.io.decode_image(tf.io.read_file(tf.gather(paths, i)), channels=3,  # noqa: E731
-                                            expand_animations=False)
+        def read(i):
+            raw = tf.io.read_file(tf.gather(paths, i))
+            return tf.cond(tf.gather(transparent, i), lambda: _on_white(tf.io.decode_png(raw, channels=4)),
+                           lambda: tf.io.decode_image(raw, channels=3, expand_animations=False))
 
     def load(i):
         img = tf.image.convert_image_dtype(read(i), tf.float32)

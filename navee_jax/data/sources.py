@@ -43,19 +43,21 @@ def digits_catalogue() -> Catalogue:
     return Catalogue(name="digits", labels=digits.target.astype(np.int64), class_names=names, pixels=pixels)
 
 
-def _inspect(path: str) -> tuple[str | None, str | None]:
-    """(why the file is unusable or None, sha1 of its bytes). Decodes fully: truncation fails here."""
+def _inspect(path: str) -> tuple[str | None, str | None, bool]:
+    """(why the file is unusable or None, sha1 of its bytes, whether it is a PNG with transparency).
+    Decodes fully, so truncated files fail here and not in tf.data."""
     try:
         with open(path, "rb") as f:
             data = f.read()
         with Image.open(path) as im:
-            fmt = im.format
+            fmt, mode, info = im.format, im.mode, im.info
             im.load()
     except Exception as e:  # PIL raises many types for bad files; all mean "unreadable"
-        return f"unreadable image: {type(e).__name__}: {e}", None
+        return f"unreadable image: {type(e).__name__}: {e}", None, False
     if fmt not in _TF_DECODABLE:
-        return f"unsupported format: {fmt}", None
-    return None, hashlib.sha1(data).hexdigest()
+        return f"unsupported format: {fmt}", None, False
+    transparent_png = fmt == "PNG" and (mode in ("RGBA", "LA", "PA") or "transparency" in info)
+    return None, hashlib.sha1(data).hexdigest(), transparent_png
 
 
 def _validated_catalogue(name: str, candidates: list[_Candidate], skipped: list[Skipped],
@@ -65,7 +67,8 @@ def _validated_catalogue(name: str, candidates: list[_Candidate], skipped: list[
         inspected = list(pool.map(_inspect, [c.path for c in candidates]))
     first_of_hash: dict[str, str] = {}
     good: list[_Candidate] = []
-    for c, (why, digest) in zip(candidates, inspected):
+    transparent: list[bool] = []
+    for c, (why, digest, alpha) in zip(candidates, inspected):
         if why is None and digest in first_of_hash:
             why = f"duplicate: same bytes as {first_of_hash[digest]}"
         if why is not None:
@@ -73,6 +76,7 @@ def _validated_catalogue(name: str, candidates: list[_Candidate], skipped: list[
             continue
         first_of_hash[digest] = c.path
         good.append(c)
+        transparent.append(alpha)
     if not good:
         raise UserError(f"data.root: no readable images ({_EXTENSIONS_TEXT}) in {name!r}")
     names = tuple(sorted({c.label for c in good}))
@@ -84,6 +88,7 @@ def _validated_catalogue(name: str, candidates: list[_Candidate], skipped: list[
         class_names=names,
         paths=tuple(c.path for c in good),
         groups=tuple(c.group or "" for c in good) if has_groups else None,
+        transparent=tuple(transparent),
         skipped=tuple(skipped),
     )
 

@@ -112,7 +112,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             _check_resumable(meta["fingerprint"], config, f"workdir {workdir}")
             state = ckpt.restore(latest, state)
         # Only once the workdir is known to belong to this config are its files (re)written.
-        _write_run_files(workdir, config, catalogue, split)
+        _write_run_files(workdir, config, catalogue, split, resuming=meta is not None)
         writer = _metric_writer(workdir)
         if meta is not None:
             start_epoch, history, initial = meta["epoch"], meta["history"], meta["initial"]
@@ -164,11 +164,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return results
 
 
-def _write_run_files(workdir: str, config: ml_collections.ConfigDict, catalogue: Catalogue, split: Split) -> None:
+def _write_run_files(workdir: str, config: ml_collections.ConfigDict, catalogue: Catalogue, split: Split,
+                     resuming: bool) -> None:
+    """config.json, skipped_files.json, splits.json. A resumed run must see exactly the split it trained
+    on: if the images on disk changed since, it stops rather than silently train on another split."""
+    splits_path = os.path.join(workdir, "splits.json")
+    if resuming and os.path.isfile(splits_path):
+        with open(splits_path) as f:
+            saved = json.load(f)
+        now = split.to_json(catalogue)
+        changed = [k for k in ("train", "support", "query", "unused") if saved.get(k) != now[k]]
+        if changed:
+            raise UserError(f"{splits_path}: the {changed[0]} images differ from the catalogue now on disk "
+                            f"({saved['counts']} then, {now['counts']} now); the data changed since this run "
+                            f"started: restore it or use a fresh --workdir")
     _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
     _write_json(os.path.join(workdir, "skipped_files.json"),
                 [{"path": s.path, "reason": s.reason} for s in catalogue.skipped])
-    write_split(split, catalogue, os.path.join(workdir, "splits.json"))
+    write_split(split, catalogue, splits_path)
 
 
 class IntervalReport:
