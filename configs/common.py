@@ -16,14 +16,26 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     # 'digits' (sklearn's bundled 8x8 digits, offline) | 'folder' (root/.../<class>/<image>, any depth)
-    # | 'styles_csv' (Kaggle Fashion Product Images: root/styles.csv + root/images/<id>.jpg)
+    # | 'styles_csv' (Kaggle Fashion Product Images: root/styles.csv + root/images/<id>.jpg) | 'tfds:<name>'
     c.data.source = "digits"
     c.data.root = config_dict.placeholder(str)  # folder / styles_csv sources: the data root
     c.data.group_level = -1  # folder source: path component naming the group (0 = first level; -1 = none)
     c.data.label_column = "articleType"  # styles_csv source: the class column
     c.data.group_column = ""  # styles_csv source: the group column ('' = none), e.g. masterCategory
-    c.data.image_size = 32  # images are resized (squashed) to image_size x image_size
-    c.data.flip = True  # random horizontal flip during training
+    c.data.tfds_split = "train"  # 'tfds:<name>' sources (a dataset already prepared; nothing downloads)
+    c.data.tfds_label_key = "label"
+    c.data.tfds_group_key = ""  # e.g. 'alphabet' for tfds:omniglot
+    c.data.tfds_data_dir = config_dict.placeholder(str)
+    c.data.image_size = 32  # images are resized to image_size x image_size ...
+    c.data.resize = "squash"  # ... by stretching ('squash') or keeping the aspect ratio and padding ('pad')
+    c.data.fill = 1.0  # padding / rotation fill in [0, 1]: white, the background of product photos
+    c.data.grayscale = False  # luminance on 3 channels
+    c.data.binarize = False  # grayscale thresholded at 0.5 (Omniglot is 1-bit)
+    # Training-time augmentation, each one off by default except the flip:
+    c.data.flip = True  # random horizontal flip
+    c.data.rotation_deg = 0.0  # random rotation in [-deg, +deg]
+    c.data.crop_scale_min = 1.0  # < 1: random resized crop of [crop_scale_min, 1] of the area
+    c.data.color_jitter = 0.0  # strength of random brightness / contrast / saturation
     c.data.mean = IMAGENET_MEAN
     c.data.std = IMAGENET_STD
 
@@ -47,6 +59,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.sampler = ml_collections.ConfigDict()
     c.sampler.classes_per_batch = 6  # P
     c.sampler.images_per_class = 8  # K; the global batch is P*K
+    c.sampler.ways = 5  # episodic methods: N classes per episode ...
+    c.sampler.shots = 1  # ... K support images each (filled with augmented copies when a class is short) ...
+    c.sampler.queries = 5  # ... and Q query images each
 
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 1e-3

@@ -1,4 +1,4 @@
-"""tf.data input: decode -> resize -> normalise -> (random flip) -> batch -> prefetch, as NumPy.
+"""tf.data input: decode -> (random) resize -> augment -> normalise -> batch -> prefetch, as NumPy.
 
 Sampling (which images form a batch) is done in NumPy from a seed and the epoch number, so an
 epoch's batches are identical whether a run is fresh or resumed; tf.data does the parallel work.
@@ -6,22 +6,15 @@ epoch's batches are identical whether a run is fresh or resumed; tf.data does th
 
 from __future__ import annotations
 
-import functools
 from typing import Iterator
 
 import ml_collections
 import numpy as np
 
+from navee_jax.data import augment
 from navee_jax.data.catalogue import Catalogue
+from navee_jax.data.tf_import import tf_module
 from navee_jax.errors import UserError
-
-
-@functools.cache
-def _tf():
-    import tensorflow as tf
-
-    tf.config.set_visible_devices([], "GPU")  # the accelerators belong to JAX
-    return tf
 
 
 def pk_indices(labels: np.ndarray, pool: np.ndarray, classes_per_batch: int, images_per_class: int,
@@ -47,19 +40,85 @@ def pk_indices(labels: np.ndarray, pool: np.ndarray, classes_per_batch: int, ima
     return batches
 
 
+def episode_indices(labels: np.ndarray, pool: np.ndarray, ways: int, shots: int, queries: int, num_episodes: int,
+                    rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """N-way K-shot episodes with Q queries per class, as catalogue indices:
+    support (E, N*K), query (E, N*Q), classes (E, N) and filled (E, N).
+
+    Queries are distinct images. A class with fewer than K images left after its queries gets its
+    support set filled with copies of those images (made different by augmentation, as the study
+    does); `filled` says how many support images of each class are such copies.
+    """
+    by_class = {c: pool[labels[pool] == c] for c in np.unique(labels[pool])}
+    eligible = np.array(sorted(c for c, m in by_class.items() if len(m) > queries))
+    if len(eligible) < ways:
+        raise UserError(f"sampler.ways={ways}: only {len(eligible)} classes have more than sampler.queries={queries} "
+                        f"images; lower --config.sampler.ways or --config.sampler.queries")
+    support = np.empty((num_episodes, ways * shots), np.int64)
+    query = np.empty((num_episodes, ways * queries), np.int64)
+    classes = np.empty((num_episodes, ways), np.int64)
+    filled = np.zeros((num_episodes, ways), np.int64)
+    for e in range(num_episodes):
+        classes[e] = rng.choice(eligible, size=ways, replace=False)
+        for j, c in enumerate(classes[e]):
+            members = rng.permutation(by_class[c])
+            q, rest = members[:queries], members[queries:]
+            if len(rest) >= shots:
+                s = rest[:shots]
+            else:
+                filled[e, j] = shots - len(rest)
+                s = np.concatenate([rest, rng.choice(rest, size=filled[e, j], replace=True)])
+            support[e, j * shots:(j + 1) * shots] = s
+            query[e, j * queries:(j + 1) * queries] = q
+    return {"support": support, "query": query, "classes": classes, "filled": filled}
+
+
+def episode_batches(catalogue: Catalogue, pool: np.ndarray, cfg: ml_collections.ConfigDict, epoch: int,
+                    num_episodes: int) -> Iterator[dict[str, np.ndarray]]:
+    """One epoch of training episodes: support_images (N*K, S, S, 3), support_labels (N*K,) and
+    query_images / query_labels with episode-local labels 0..N-1, plus classes (N,) and filled (N,)."""
+    tf = tf_module()
+    s = cfg.sampler
+    rng = np.random.default_rng([cfg.seed, 4, epoch])
+    ep = episode_indices(catalogue.labels, pool, s.ways, s.shots, s.queries, num_episodes, rng)
+    # Per-image stateless seeds (seed, running position), as for PK batches.
+    aug_seed = int(rng.integers(2**31 - 1))
+    positions = np.arange(num_episodes * s.ways * (s.shots + s.queries)).reshape(num_episodes, -1)
+    seeds = np.stack([np.full_like(positions, aug_seed), positions], axis=-1)
+    n_support = s.ways * s.shots
+    load = _image_fn(catalogue, cfg.data, train=True)
+
+    def images(idx, seed):
+        return tf.map_fn(lambda a: load(a[0], a[1:]), tf.concat([idx[:, None], seed], 1),
+                         fn_output_signature=tf.float32)
+
+    def prepare(support, query, seed, classes, filled):
+        return {"support_images": images(support, seed[:n_support]),
+                "query_images": images(query, seed[n_support:]),
+                "support_labels": tf.repeat(tf.range(s.ways, dtype=tf.int32), s.shots),
+                "query_labels": tf.repeat(tf.range(s.ways, dtype=tf.int32), s.queries),
+                "classes": classes, "filled": filled}
+
+    ds = tf.data.Dataset.from_tensor_slices((ep["support"], ep["query"], seeds, ep["classes"], ep["filled"]))
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+
+
 def _on_white(rgba):
     """Composites an RGBA uint8 image onto white: product cut-outs keep a white, not black, background."""
-    tf = _tf()
+    tf = tf_module()
     rgb, alpha = tf.cast(rgba[..., :3], tf.float32), tf.cast(rgba[..., 3:], tf.float32) / 255.0
     return tf.cast(tf.round(rgb * alpha + 255.0 * (1.0 - alpha)), tf.uint8)
 
 
-def _image_fn(catalogue: Catalogue, data: ml_collections.ConfigDict):
-    """index -> float32 (S, S, 3) normalised image, as a TF function."""
-    tf = _tf()
-    size = (data.image_size, data.image_size)
+def _image_fn(catalogue: Catalogue, data: ml_collections.ConfigDict, train: bool):
+    """(index, seed) -> float32 (S, S, 3) normalised image, as a TF function; `train` adds the random
+    transforms (random resized crop instead of a plain resize, flip, rotation, colour jitter)."""
+    tf = tf_module()
     mean = tf.constant(data.mean, tf.float32)
     std = tf.constant(data.std, tf.float32)
+    if data.resize not in ("squash", "pad"):
+        raise UserError(f"data.resize: {data.resize!r} is not 'squash' or 'pad'")
     if catalogue.pixels is not None:
         table = tf.constant(catalogue.pixels)
         read = lambda i: tf.gather(table, i)  # noqa: E731
@@ -73,45 +132,65 @@ def _image_fn(catalogue: Catalogue, data: ml_collections.ConfigDict):
             return tf.cond(tf.gather(transparent, i), lambda: _on_white(tf.io.decode_png(raw, channels=4)),
                            lambda: tf.io.decode_image(raw, channels=3, expand_animations=False))
 
-    def load(i):
+    def load(i, seed):
         img = tf.image.convert_image_dtype(read(i), tf.float32)
         if img.shape[-1] == 1:
             img = tf.image.grayscale_to_rgb(img)
-        img = tf.image.resize(img, size, method="bilinear", antialias=True)
+        if train and data.crop_scale_min < 1:
+            img = augment.random_resized_crop(img, seed, data.image_size, data.crop_scale_min)
+        else:
+            img = augment.resize(img, data.image_size, data.resize, data.fill)
+        if train:
+            img = augment.geometry_and_colour(img, seed, data)
+        if data.grayscale or data.binarize:
+            img = augment.to_grayscale(img, data.binarize)
         return (img - mean) / std
 
     return load
 
 
+def process_share(batch: np.ndarray, process_index: int, process_count: int) -> np.ndarray:
+    """This process's contiguous share of each global batch (rows of `batch`), as
+    jax.make_array_from_process_local_data expects for a batch sharded on the leading axis."""
+    width = batch.shape[1]
+    if width % process_count:
+        raise UserError(f"global batch {width} is not divisible by {process_count} processes")
+    per = width // process_count
+    return batch[:, process_index * per:(process_index + 1) * per]
+
+
 def train_batches(catalogue: Catalogue, pool: np.ndarray, cfg: ml_collections.ConfigDict, epoch: int,
-                  num_batches: int) -> Iterator[dict[str, np.ndarray]]:
-    """One epoch of PK batches {"images": (B, S, S, 3) float32, "labels": (B,) int32}."""
-    tf = _tf()
+                  num_batches: int, process_index: int = 0,
+                  process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+    """One epoch of PK batches {"images": (B, S, S, 3) float32, "labels": (B,) int32}. With several
+    processes (multi-host), every process samples the same global batches and decodes only its share."""
+    tf = tf_module()
     rng = np.random.default_rng([cfg.seed, 2, epoch])
-    idx = pk_indices(catalogue.labels, pool, cfg.sampler.classes_per_batch, cfg.sampler.images_per_class,
-                     num_batches, rng).reshape(-1)
-    # Per-image stateless seeds: augmentation depends only on (seed, epoch, position), not on threading.
+    batches = pk_indices(catalogue.labels, pool, cfg.sampler.classes_per_batch, cfg.sampler.images_per_class,
+                         num_batches, rng)
+    # Per-image stateless seeds: augmentation depends only on (seed, epoch, position), not on threading
+    # or on how the batch is split between processes.
     aug_seed = int(rng.integers(2**31 - 1))
-    seeds = np.stack([np.full(len(idx), aug_seed), np.arange(len(idx))], axis=1).astype(np.int64)
-    load = _image_fn(catalogue, cfg.data)
+    positions = np.arange(batches.size).reshape(batches.shape)
+    idx = process_share(batches, process_index, process_count).reshape(-1)
+    positions = process_share(positions, process_index, process_count).reshape(-1)
+    seeds = np.stack([np.full(len(idx), aug_seed), positions], axis=1).astype(np.int64)
+    load = _image_fn(catalogue, cfg.data, train=True)
 
     def prepare(i, label, seed):
-        img = load(i)
-        if cfg.data.flip:
-            img = tf.image.stateless_random_flip_left_right(img, seed)
-        return {"images": img, "labels": tf.cast(label, tf.int32)}
+        return {"images": load(i, seed), "labels": tf.cast(label, tf.int32)}
 
     ds = tf.data.Dataset.from_tensor_slices((idx, catalogue.labels[idx], seeds))
     ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(cfg.sampler.classes_per_batch * cfg.sampler.images_per_class, drop_remainder=True)
+    ds = ds.batch(batches.shape[1] // process_count, drop_remainder=True)
     return ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
 
 
 def eval_batches(catalogue: Catalogue, indices: np.ndarray, data: ml_collections.ConfigDict,
                  batch_size: int) -> Iterator[np.ndarray]:
     """Un-augmented images of `indices`, in order, batched (the last batch may be short)."""
-    tf = _tf()
-    load = _image_fn(catalogue, data)
+    tf = tf_module()
+    load = _image_fn(catalogue, data, train=False)
     ds = tf.data.Dataset.from_tensor_slices(indices.astype(np.int64))
-    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(batch_size)
+    ds = ds.map(lambda i: load(i, None), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(batch_size)
     return ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()

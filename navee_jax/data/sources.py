@@ -175,4 +175,10 @@ def load_catalogue(data: ml_collections.ConfigDict) -> Catalogue:
         return folder_catalogue(data.root, data.group_level)
     if data.source == "styles_csv":
         return styles_catalogue(data.root, data.label_column, data.group_column)
-    raise UserError(f"data.source: unknown source {data.source!r}; use 'digits', 'folder' or 'styles_csv'")
+    if data.source.startswith("tfds:"):
+        from navee_jax.data.tfds_source import tfds_catalogue
+
+        return tfds_catalogue(data.source[len("tfds:"):], data.tfds_split, data.tfds_label_key, data.tfds_group_key,
+                              data.tfds_data_dir)
+    raise UserError(f"data.source: unknown source {data.source!r}; use 'digits', 'folder', 'styles_csv' or "
+                    f"'tfds:<name>'")

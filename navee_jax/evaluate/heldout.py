@@ -32,7 +32,9 @@ class HeldoutEvaluator:
         for images in eval_batches(self.catalogue, self.images, self.config.data, bs):
             n = len(images)
             padded = np.concatenate([images, np.zeros((bs - n, *images.shape[1:]), images.dtype)])
-            out.append(np.asarray(self.embed_fn(state, shard_batch(padded, self.mesh)))[:n])
+            per = bs // jax.process_count()  # multi-host: each process feeds its share; output is replicated
+            share = padded[jax.process_index() * per:(jax.process_index() + 1) * per]
+            out.append(np.asarray(self.embed_fn(state, shard_batch(share, self.mesh)))[:n])
         emb = np.concatenate(out)
         if not np.isfinite(emb).all():
             raise UserError("held-out embeddings contain NaN/inf: the model diverged or the inputs are not "

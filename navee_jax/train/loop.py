@@ -126,7 +126,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         train_start, result = time.perf_counter(), None
         for epoch in range(start_epoch, num_epochs):
             pending, loss_sum = [], 0.0
-            for i, batch in enumerate(train_batches(catalogue, split.train, config, epoch, steps_per_epoch)):
+            batches = train_batches(catalogue, split.train, config, epoch, steps_per_epoch,
+                                    jax.process_index(), jax.process_count())
+            for i, batch in enumerate(batches):
                 state, metrics = train_step(state, *shard_batch((batch["images"], batch["labels"]), mesh))
                 pending.append(metrics)
                 step = epoch * steps_per_epoch + i + 1

@@ -1,0 +1,113 @@
+"""Input pipeline throughput: tf.data (navee_jax.data.pipeline) vs a plain PIL + NumPy loop, and the
+ResNet-18 train step's appetite, side by side in one run.
+
+    python bench/input_pipeline.py [--root ../shared/data/fashion_product_images] [--images 2048]
+
+Both loaders do the same work per image: read the JPEG, decode, resize to 224x224 (bilinear), random
+horizontal flip, normalise with ImageNet mean/std, and stack into batches of 64. Ratios, not absolute
+times, are what carry from one machine to another.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from configs import triplet  # noqa: E402
+from navee_jax.data.pipeline import train_batches  # noqa: E402
+from navee_jax.data.sources import styles_catalogue  # noqa: E402
+
+SIZE, BATCH = 224, 64
+
+
+def pil_loop(paths: list[str], mean: np.ndarray, std: np.ndarray, rng: np.random.Generator) -> int:
+    n = 0
+    for start in range(0, len(paths) - BATCH + 1, BATCH):
+        batch = []
+        for p in paths[start:start + BATCH]:
+            with Image.open(p) as im:
+                img = np.asarray(im.convert("RGB").resize((SIZE, SIZE), Image.BILINEAR), np.float32) / 255
+            if rng.random() < 0.5:
+                img = img[:, ::-1]
+            batch.append((img - mean) / std)
+        np.stack(batch)
+        n += BATCH
+    return n
+
+
+def train_step_images_per_second(steps: int = 3) -> float:
+    import jax
+    import optax
+    from flax import nnx
+
+    from navee_jax.models import build_model
+    from navee_jax.train.loop import make_loss_fn
+    from navee_jax.train.sharding import make_mesh, replicated, shard_batch
+    from navee_jax.train.step import init_train_state, make_train_step
+
+    cfg = triplet.get_config()
+    mesh, tx = make_mesh(), optax.adam(1e-4)
+    graphdef, _, state = init_train_state(build_model(cfg.model, nnx.Rngs(0)), tx)
+    state = jax.device_put(state, replicated(mesh))
+    step = make_train_step(graphdef, tx, make_loss_fn(cfg.loss), mesh)
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(BATCH, SIZE, SIZE, 3)).astype(np.float32)
+    labels = np.repeat(np.arange(BATCH // 4), 4).astype(np.int32)
+    batch = shard_batch((images, labels), mesh)
+    state, m = step(state, *batch)  # compile
+    jax.block_until_ready(m)
+    t = time.perf_counter()
+    for _ in range(steps):
+        state, m = step(state, *batch)
+    jax.block_until_ready(m)
+    return steps * BATCH / (time.perf_counter() - t)
+
+
+def main() -> None:
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    parser = argparse.ArgumentParser()
+    default_root = os.path.join(os.path.dirname(here), "shared", "data", "fashion_product_images")
+    parser.add_argument("--root", default=default_root)
+    parser.add_argument("--images", type=int, default=2048)
+    args = parser.parse_args()
+    if not os.path.isdir(args.root):
+        sys.exit(f"error: {args.root} not found; pass --root=/path/to/fashion_product_images")
+
+    cat = styles_catalogue(args.root, "articleType")
+    cfg = triplet.get_config()
+    cfg.data.image_size, cfg.data.flip = SIZE, True
+    cfg.sampler.classes_per_batch, cfg.sampler.images_per_class = 16, 4
+    pool = np.arange(len(cat))
+    num_batches = args.images // BATCH
+    mean, std = np.array(cfg.data.mean, np.float32), np.array(cfg.data.std, np.float32)
+
+    next(train_batches(cat, pool, cfg, epoch=99, num_batches=1))  # build TF once, outside the timing
+    t = time.perf_counter()
+    n_tf = sum(len(b["labels"]) for b in train_batches(cat, pool, cfg, epoch=0, num_batches=num_batches))
+    tf_rate = n_tf / (time.perf_counter() - t)
+
+    paths = [cat.paths[i] for i in np.random.default_rng(0).permutation(len(cat))[:num_batches * BATCH]]
+    t = time.perf_counter()
+    n_pil = pil_loop(paths, mean, std, np.random.default_rng(0))
+    pil_rate = n_pil / (time.perf_counter() - t)
+
+    step_rate = train_step_images_per_second()
+    print(f"machine: {os.cpu_count()} CPU cores; {n_tf} images of {args.root}, {SIZE}x{SIZE}, batches of {BATCH}")
+    print(f"{'loader':<34}{'images/s':>10}{'ratio':>10}")
+    print(f"{'PIL + NumPy loop':<34}{pil_rate:>10.1f}{1.0:>10.2f}")
+    print(f"{'tf.data (navee_jax)':<34}{tf_rate:>10.1f}{tf_rate / pil_rate:>10.2f}")
+    print(f"{'ResNet-18 train step consumes':<34}{step_rate:>10.1f}{step_rate / pil_rate:>10.2f}")
+    print(f"tf.data / train step: {tf_rate / step_rate:.1f}x")
+
+
+if __name__ == "__main__":
+    main()

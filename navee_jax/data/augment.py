@@ -1,0 +1,71 @@
+"""Image transforms inside tf.data, on float32 RGB images in [0, 1]; random ones are stateless
+(seeded per image), so an epoch's augmentations depend only on (seed, epoch, position)."""
+
+from __future__ import annotations
+
+import math
+
+import ml_collections
+
+from navee_jax.data.tf_import import tf_module
+
+
+def resize(img, size: int, mode: str, fill: float):
+    """(size, size): 'squash' stretches; 'pad' keeps the aspect ratio and pads with `fill` (white for
+    product photos and Omniglot, whose backgrounds are white)."""
+    tf = tf_module()
+    if mode == "squash":
+        return tf.image.resize(img, (size, size), method="bilinear", antialias=True)
+    # resize_with_pad pads with 0: pad the image's distance from `fill` instead, then undo the shift.
+    return fill - tf.image.resize_with_pad(fill - img, size, size, method="bilinear", antialias=True)
+
+
+def rotate(img, angle, fill: float):
+    """Rotation by `angle` radians (counter-clockwise) about the image centre; uncovered pixels get `fill`."""
+    tf = tf_module()
+    h, w = tf.cast(tf.shape(img)[0], tf.float32), tf.cast(tf.shape(img)[1], tf.float32)
+    cos, sin = tf.cos(angle), tf.sin(angle)
+    # Output pixel (x, y) samples input (a0 x + a1 y + a2, b0 x + b1 y + b2): the inverse rotation.
+    cx, cy = (w - 1) / 2, (h - 1) / 2
+    transform = tf.stack([cos, -sin, cx - cos * cx + sin * cy, sin, cos, cy - sin * cx - cos * cy, 0.0, 0.0])
+    out = tf.raw_ops.ImageProjectiveTransformV3(
+        images=img[None], transforms=transform[None], output_shape=tf.shape(img)[:2],
+        fill_value=tf.constant(fill, tf.float32), interpolation="BILINEAR", fill_mode="CONSTANT")
+    return out[0]
+
+
+def random_resized_crop(img, seed, size: int, scale_min: float):
+    """A crop of [scale_min, 1] of the area and aspect ratio in [3/4, 4/3], resized to (size, size)."""
+    tf = tf_module()
+    begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.shape(img), bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=seed,
+        min_object_covered=0.0, aspect_ratio_range=(3 / 4, 4 / 3), area_range=(scale_min, 1.0),
+        use_image_if_no_bounding_boxes=True)
+    return tf.image.resize(tf.slice(img, begin, crop_size), (size, size), method="bilinear", antialias=True)
+
+
+def to_grayscale(img, binarize: bool):
+    """Luminance (ITU-R 601) repeated on 3 channels; `binarize` thresholds it at 0.5 (Omniglot is 1-bit)."""
+    tf = tf_module()
+    gray = tf.image.rgb_to_grayscale(img)
+    if binarize:
+        gray = tf.cast(gray >= 0.5, tf.float32)
+    return tf.tile(gray, [1, 1, 3])
+
+
+def geometry_and_colour(img, seed, data: ml_collections.ConfigDict):
+    """The training-time random transforms after resizing: flip, rotation, colour jitter."""
+    tf = tf_module()
+    seeds = tf.random.experimental.stateless_split(seed, 5)  # seeds[0] is free: the flip uses `seed` itself
+    if data.flip:
+        img = tf.image.stateless_random_flip_left_right(img, seed)
+    if data.rotation_deg:
+        limit = math.radians(data.rotation_deg)
+        img = rotate(img, tf.random.stateless_uniform([], seeds[1], -limit, limit), data.fill)
+    if data.color_jitter:
+        s = data.color_jitter
+        img = tf.image.stateless_random_brightness(img, s, seeds[2])
+        img = tf.image.stateless_random_contrast(img, 1 - s, 1 + s, seeds[3])
+        img = tf.image.stateless_random_saturation(img, 1 - s, 1 + s, seeds[4])
+        img = tf.clip_by_value(img, 0.0, 1.0)
+    return img
