@@ -46,7 +46,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.split.heldout_groups = ()  # mode 'groups', by name; () = draw num_heldout_groups
     c.split.num_heldout_groups = 1
     c.split.partial_group = ""  # mode 'partial': the seen group that gives up num_heldout_classes classes
-    c.split.support_fraction = 0.5  # of each held-out class's images; the rest are queries
+    c.split.support_fraction = 0.5  # of each held-out class's images; the rest are queries ...
+    c.split.support_count = 0  # ... unless this is > 0: that many support images per class (e.g. 5 shots)
     c.split.min_images_per_class = 2  # smaller held-out classes are reported as unused
 
     c.model = ml_collections.ConfigDict()

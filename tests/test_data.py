@@ -276,3 +276,17 @@ def test_each_process_decodes_its_share_of_the_same_global_batch():
             np.testing.assert_array_equal(np.concatenate([shares[0][b][key], shares[1][b][key]]), whole[b][key])
     with pytest.raises(UserError, match="not divisible by 5 processes"):
         next(train_batches(cat, pool, cfg, epoch=2, num_batches=1, process_index=0, process_count=5))
+
+
+def test_support_by_count_or_fraction_and_pk_batches_follow_the_seed():
+    cat = _grouped_catalogue()  # 3 images per class
+    by_count = make_split(cat, _split_cfg(num_heldout_classes=4, support_count=2), seed=0)
+    assert np.all(np.bincount(cat.labels[by_count.support], minlength=20)[np.unique(cat.labels[by_count.support])] == 2)
+    assert len(by_count.query) == 4  # one query image left per class
+    too_many = make_split(cat, _split_cfg(num_heldout_classes=4, support_count=5), seed=0)
+    assert len(too_many.query) == 4  # never all of a class: one query image stays
+    digits = digits_catalogue()
+    pool = np.flatnonzero(digits.labels < 6)
+    a, b = (pk_indices(digits.labels, pool, 6, 4, 3, np.random.default_rng([s, 2, 0])) for s in (0, 1))
+    np.testing.assert_array_equal(a, pk_indices(digits.labels, pool, 6, 4, 3, np.random.default_rng([0, 2, 0])))
+    assert not np.array_equal(a, b)

@@ -98,7 +98,8 @@ def make_split(catalogue: Catalogue, cfg: ml_collections.ConfigDict, seed: int) 
         if len(members) < max(2, cfg.min_images_per_class):
             unused.append(members)
             continue
-        n_support = int(np.clip(round(cfg.support_fraction * len(members)), 1, len(members) - 1))
+        wanted = cfg.support_count or round(cfg.support_fraction * len(members))
+        n_support = int(np.clip(wanted, 1, len(members) - 1))  # at least one support and one query image
         support.append(members[:n_support])
         query.append(members[n_support:])
     def join(parts: list[np.ndarray]) -> np.ndarray:
