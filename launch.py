@@ -7,7 +7,6 @@ with one line on stderr naming the culprit, and exit status 2.
 """
 
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
@@ -15,30 +14,15 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from navee_jax.cli import config_file_problem, explain_flag_error  # noqa: E402
+from navee_jax.cli import fail, parse_flags  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. configs/triplet.py[:variant].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and TensorBoard logs (default runs/<config>).")
 
 
-def _fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-def _parse_flags(argv: list[str]) -> list[str]:
-    problem = None if {"-h", "--help", "--helpfull"} & set(argv) else config_file_problem(argv)
-    if problem:
-        _fail(problem)
-    try:
-        return flags.FLAGS(argv)
-    except Exception as e:  # absl / ml_collections raise several types; all are the user's flags
-        _fail(explain_flag_error(argv, e))
-
-
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        _fail(f"unexpected arguments {argv[1:]}; overrides look like --config.train.num_epochs=5")
+        fail(f"unexpected arguments {argv[1:]}; overrides look like --config.train.num_epochs=5")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax and TF are chatty at INFO
     config = _CONFIG.value
@@ -51,8 +35,8 @@ def main(argv: list[str]) -> None:
     try:
         train_and_evaluate(config, workdir)
     except UserError as e:
-        _fail(str(e))
+        fail(str(e))
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=_parse_flags)
+    app.run(main, flags_parser=parse_flags)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import os
+import sys
+from typing import Callable, NoReturn
 
 import ml_collections
 
@@ -76,3 +78,23 @@ def explain_flag_error(argv: list[str], error: Exception) -> str:
                 expected = parent.get_type(leaf).__name__
                 return f"config key {key!r} expects {expected} (default {parent[leaf]!r}), got {value!r}"
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def fail(message: str) -> NoReturn:
+    """The one way a command line tool of this project reports bad input: one line, exit status 2."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def parse_flags(argv: list[str], usage_problem: Callable[[list[str]], str | None] | None = None) -> list[str]:
+    """An absl `flags_parser`: a bad subcommand, config file, config key or value ends in `fail`."""
+    from absl import flags
+
+    if not {"-h", "--help", "--helpfull"} & set(argv):
+        problem = (usage_problem(argv) if usage_problem else None) or config_file_problem(argv)
+        if problem:
+            fail(problem)
+    try:
+        return flags.FLAGS(argv)
+    except Exception as e:  # absl / ml_collections raise several types; all are the user's flags
+        fail(explain_flag_error(argv, e))

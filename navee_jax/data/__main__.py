@@ -10,8 +10,8 @@ Bad input (unknown subcommand or config key, wrong type, missing data) ends with
 naming the culprit, and exit status 2.
 """
 
+import functools
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
@@ -19,7 +19,7 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from navee_jax.cli import config_file_problem, explain_flag_error  # noqa: E402
+from navee_jax.cli import fail, parse_flags  # noqa: E402
 
 SUBCOMMANDS = ("describe",)
 DEFAULT_WORKDIR = os.path.join("runs", "describe")
@@ -27,11 +27,6 @@ PNG_NAME = "images_per_class.png"
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. configs/triplet.py[:variant].")
 _WORKDIR = flags.DEFINE_string("workdir", None, f"Where the histogram PNG goes (default {DEFAULT_WORKDIR}).")
-
-
-def _fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
 
 
 def _usage_problem(argv: list[str]) -> str | None:
@@ -42,20 +37,9 @@ def _usage_problem(argv: list[str]) -> str | None:
     return None
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-    if not {"-h", "--help", "--helpfull"} & set(argv):
-        problem = _usage_problem(argv) or config_file_problem(argv)
-        if problem:
-            _fail(problem)
-    try:
-        return flags.FLAGS(argv)
-    except Exception as e:  # absl / ml_collections raise several types; all are the user's flags
-        _fail(explain_flag_error(argv, e))
-
-
 def main(argv: list[str]) -> None:
     if len(argv) > 2:
-        _fail(f"unexpected arguments {argv[2:]}; overrides look like --config.data.source=folder")
+        fail(f"unexpected arguments {argv[2:]}; overrides look like --config.data.source=folder")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
     config = _CONFIG.value
@@ -70,12 +54,12 @@ def main(argv: list[str]) -> None:
         catalogue = load_catalogue(config.data)
         split = make_split(catalogue, config.split, config.seed)
     except UserError as e:
-        _fail(str(e))
+        fail(str(e))
     path = os.path.join(workdir, PNG_NAME)
     try:
         os.makedirs(workdir, exist_ok=True)
     except OSError as e:
-        _fail(f"--workdir: cannot create {workdir!r}: {e.strerror or e}")
+        fail(f"--workdir: cannot create {workdir!r}: {e.strerror or e}")
 
     for line in describe(catalogue, split):
         print(line)
@@ -83,9 +67,9 @@ def main(argv: list[str]) -> None:
     try:
         save_histogram_png(counts, path, title=f"Images per class: {catalogue.name} ({len(counts)} classes)")
     except OSError as e:
-        _fail(f"--workdir: cannot write {path!r}: {e.strerror or e}")
+        fail(f"--workdir: cannot write {path!r}: {e.strerror or e}")
     print(f"histogram written to {path}")
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=_parse_flags)
+    app.run(main, flags_parser=functools.partial(parse_flags, usage_problem=_usage_problem))
