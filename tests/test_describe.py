@@ -15,7 +15,7 @@ from sklearn.datasets import load_digits
 from configs import common
 from conftest import REPO, write_image
 from navee_jax.data.describe import (describe, histogram_bins, histogram_edges, images_per_class,
-                                     save_histogram_png, skipped_by_reason, text_histogram)
+                                     save_histogram_png, text_histogram)
 from navee_jax.data.sources import digits_catalogue, folder_catalogue
 from navee_jax.data.splits import make_split
 
@@ -136,7 +136,7 @@ def test_describe_folder_with_groups_and_skipped_files(tmp_path):
     assert _part_line(text, "support")[1] + _part_line(text, "query")[1] == 6
     assert "min 2, median 3.5, max 5" in text
     assert _histogram_numbers(lines) == [1, 1, 1, 1]  # one class each with 2, 3, 4 and 5 images
-    assert skipped_by_reason(cat.skipped) == {"duplicate": 1, "unsupported file": 1}
+    assert {r: len(v) for r, v in cat.skipped_by_reason().items()} == {"duplicate": 1, "unsupported file": 1}
     assert "skipped: 2 file(s)/folder(s) (1 duplicate, 1 unsupported file)" in text
 
 

@@ -49,17 +49,22 @@ class Catalogue:
         lookup = {n: i for i, n in enumerate(self.class_names)}
         return np.array([lookup[n] for n in names], dtype=np.int64)
 
+    def skipped_by_reason(self) -> dict[str, list[Skipped]]:
+        """Skipped files grouped by reason (the reason's text before any ':'), reasons sorted."""
+        by_reason: dict[str, list[Skipped]] = {}
+        for s in self.skipped:
+            by_reason.setdefault(s.reason.split(":")[0], []).append(s)
+        return dict(sorted(by_reason.items()))
+
     def skip_report(self, per_reason: int = 20) -> list[str]:
         """Lines to print: counts by reason, then up to `per_reason` files of each reason (the full
         list goes to skipped_files.json)."""
         if not self.skipped:
             return []
-        by_reason: dict[str, list[Skipped]] = {}
-        for s in self.skipped:
-            by_reason.setdefault(s.reason.split(":")[0], []).append(s)
-        summary = ", ".join(f"{len(v)} {r}" for r, v in sorted(by_reason.items()))
+        by_reason = self.skipped_by_reason()
+        summary = ", ".join(f"{len(v)} {r}" for r, v in by_reason.items())
         lines = [f"data: skipped {len(self.skipped)} file(s)/folder(s) ({summary}):"]
-        for reason, items in sorted(by_reason.items()):
+        for reason, items in by_reason.items():
             lines += [f"  skipped {s.path}: {s.reason}" for s in items[:per_reason]]
             if len(items) > per_reason:
                 lines.append(f"  ... and {len(items) - per_reason} more {reason} (all listed in skipped_files.json)")

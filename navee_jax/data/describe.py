@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from navee_jax.data.catalogue import Catalogue, Skipped
+from navee_jax.data.catalogue import Catalogue
 from navee_jax.data.splits import Split
 
 SPLIT_PARTS = ("train", "support", "query", "unused")
@@ -81,15 +81,6 @@ def _names(names: list[str], limit: int = 10) -> str:
     return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
 
 
-def skipped_by_reason(skipped: tuple[Skipped, ...]) -> dict[str, int]:
-    """Number of skipped files/folders per reason (the reason's text before any ':', as in skip_report)."""
-    by_reason: dict[str, int] = {}
-    for s in skipped:
-        key = s.reason.split(":")[0]
-        by_reason[key] = by_reason.get(key, 0) + 1
-    return dict(sorted(by_reason.items()))
-
-
 def describe(catalogue: Catalogue, split: Split, max_bins: int = 12) -> list[str]:
     """Lines to print: the catalogue, each split part, the images-per-class histogram, skipped files."""
     num_classes = len(catalogue.class_names)
@@ -118,14 +109,11 @@ def describe(catalogue: Catalogue, split: Split, max_bins: int = 12) -> list[str
                  f"median {median_text}, max {int(counts.max())}")
     lines += ["  " + line for line in text_histogram(counts, max_bins)]
 
-    by_reason = skipped_by_reason(catalogue.skipped)
+    by_reason = catalogue.skipped_by_reason()
     if by_reason:
-        summary = ", ".join(f"{n} {reason}" for reason, n in by_reason.items())
+        summary = ", ".join(f"{len(items)} {reason}" for reason, items in by_reason.items())
         lines.append(f"skipped: {len(catalogue.skipped)} file(s)/folder(s) ({summary})")
-        examples: dict[str, Skipped] = {}
-        for s in catalogue.skipped:
-            examples.setdefault(s.reason.split(":")[0], s)
-        lines += [f"  e.g. {s.path}: {s.reason}" for s in examples.values()]
+        lines += [f"  e.g. {items[0].path}: {items[0].reason}" for items in by_reason.values()]
     else:
         lines.append("skipped: none")
     return lines

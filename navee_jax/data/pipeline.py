@@ -17,6 +17,12 @@ from navee_jax.data.tf_import import tf_module
 from navee_jax.errors import UserError
 
 
+def _members_by_class(labels: np.ndarray, pool: np.ndarray, min_images: int) -> dict[int, np.ndarray]:
+    """Indices of `pool` per class, for the classes with at least `min_images` of them."""
+    members = {int(c): pool[labels[pool] == c] for c in np.unique(labels[pool])}
+    return {c: m for c, m in members.items() if len(m) >= min_images}
+
+
 def pk_indices(labels: np.ndarray, pool: np.ndarray, classes_per_batch: int, images_per_class: int,
                num_batches: int, rng: np.random.Generator) -> np.ndarray:
     """(num_batches, P*K) catalogue indices: P distinct classes, K images each.
@@ -24,13 +30,11 @@ def pk_indices(labels: np.ndarray, pool: np.ndarray, classes_per_batch: int, ima
     A class with fewer than K images contributes repeats (sampled with replacement); classes with a
     single image are never drawn, since they can provide no positive pair.
     """
-    by_class = {c: pool[labels[pool] == c] for c in np.unique(labels[pool])}
-    eligible = np.array(sorted(c for c, m in by_class.items() if len(m) >= 2))
+    by_class = _members_by_class(labels, pool, min_images=2)
+    eligible = np.array(sorted(by_class))
     if len(eligible) < classes_per_batch:
-        raise UserError(
-            f"sampler.classes_per_batch={classes_per_batch}, but only {len(eligible)} training classes have "
-            f">= 2 images; "
-            f"lower --config.sampler.classes_per_batch")
+        raise UserError(f"sampler.classes_per_batch={classes_per_batch}, but only {len(eligible)} training classes "
+                        f"have >= 2 images; lower --config.sampler.classes_per_batch")
     batches = np.empty((num_batches, classes_per_batch * images_per_class), np.int64)
     for b in range(num_batches):
         chosen = rng.choice(eligible, size=classes_per_batch, replace=False)
@@ -49,8 +53,8 @@ def episode_indices(labels: np.ndarray, pool: np.ndarray, ways: int, shots: int,
     support set filled with copies of those images (made different by augmentation, as the study
     does); `filled` says how many support images of each class are such copies.
     """
-    by_class = {c: pool[labels[pool] == c] for c in np.unique(labels[pool])}
-    eligible = np.array(sorted(c for c, m in by_class.items() if len(m) > queries))
+    by_class = _members_by_class(labels, pool, min_images=queries + 1)
+    eligible = np.array(sorted(by_class))
     if len(eligible) < ways:
         raise UserError(f"sampler.ways={ways}: only {len(eligible)} classes have more than sampler.queries={queries} "
                         f"images; lower --config.sampler.ways or --config.sampler.queries")
@@ -149,14 +153,14 @@ def _image_fn(catalogue: Catalogue, data: ml_collections.ConfigDict, train: bool
     return load
 
 
-def process_share(batch: np.ndarray, process_index: int, process_count: int) -> np.ndarray:
-    """This process's contiguous share of each global batch (rows of `batch`), as
-    jax.make_array_from_process_local_data expects for a batch sharded on the leading axis."""
-    width = batch.shape[1]
+def process_share(batch: np.ndarray, process_index: int, process_count: int, axis: int = 0) -> np.ndarray:
+    """This process's contiguous share of a global batch laid out along `axis`, as
+    jax.make_array_from_process_local_data expects for a batch sharded on its leading axis."""
+    width = batch.shape[axis]
     if width % process_count:
         raise UserError(f"global batch {width} is not divisible by {process_count} processes")
     per = width // process_count
-    return batch[:, process_index * per:(process_index + 1) * per]
+    return np.take(batch, np.arange(process_index * per, (process_index + 1) * per), axis=axis)
 
 
 def train_batches(catalogue: Catalogue, pool: np.ndarray, cfg: ml_collections.ConfigDict, epoch: int,
@@ -172,8 +176,8 @@ def train_batches(catalogue: Catalogue, pool: np.ndarray, cfg: ml_collections.Co
     # or on how the batch is split between processes.
     aug_seed = int(rng.integers(2**31 - 1))
     positions = np.arange(batches.size).reshape(batches.shape)
-    idx = process_share(batches, process_index, process_count).reshape(-1)
-    positions = process_share(positions, process_index, process_count).reshape(-1)
+    idx = process_share(batches, process_index, process_count, axis=1).reshape(-1)
+    positions = process_share(positions, process_index, process_count, axis=1).reshape(-1)
     seeds = np.stack([np.full(len(idx), aug_seed), positions], axis=1).astype(np.int64)
     load = _image_fn(catalogue, cfg.data, train=True)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 
 import ml_collections
 import numpy as np
@@ -102,6 +103,7 @@ def make_split(catalogue: Catalogue, cfg: ml_collections.ConfigDict, seed: int) 
         n_support = int(np.clip(wanted, 1, len(members) - 1))  # at least one support and one query image
         support.append(members[:n_support])
         query.append(members[n_support:])
+
     def join(parts: list[np.ndarray]) -> np.ndarray:
         return np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
 
@@ -116,6 +118,17 @@ def make_split(catalogue: Catalogue, cfg: ml_collections.ConfigDict, seed: int) 
     return split
 
 
-def write_split(split: Split, catalogue: Catalogue, path: str) -> None:
+def write_split(split: Split, catalogue: Catalogue, path: str, must_match_existing: bool = False) -> None:
+    """Writes `path`; with `must_match_existing` (a resumed run), an existing file must describe the very
+    same split, or the data changed since the run started and it stops rather than train on another."""
+    now = split.to_json(catalogue)
+    if must_match_existing and os.path.isfile(path):
+        with open(path) as f:
+            saved = json.load(f)
+        changed = [k for k in ("train", "support", "query", "unused") if saved.get(k) != now[k]]
+        if changed:
+            raise UserError(f"{path}: the {changed[0]} images differ from the catalogue now on disk "
+                            f"({saved['counts']} then, {now['counts']} now); the data changed since this run "
+                            f"started: restore it or use a fresh --workdir")
     with open(path, "w") as f:
-        json.dump(split.to_json(catalogue), f, indent=1)
+        json.dump(now, f, indent=1)

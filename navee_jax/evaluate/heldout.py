@@ -10,7 +10,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from navee_jax.data.catalogue import Catalogue
-from navee_jax.data.pipeline import eval_batches
+from navee_jax.data.pipeline import eval_batches, process_share
 from navee_jax.data.splits import Split
 from navee_jax.evaluate.fewshot import few_shot_report
 from navee_jax.errors import UserError
@@ -32,8 +32,8 @@ class HeldoutEvaluator:
         for images in eval_batches(self.catalogue, self.images, self.config.data, bs):
             n = len(images)
             padded = np.concatenate([images, np.zeros((bs - n, *images.shape[1:]), images.dtype)])
-            per = bs // jax.process_count()  # multi-host: each process feeds its share; output is replicated
-            share = padded[jax.process_index() * per:(jax.process_index() + 1) * per]
+            # Multi-host: each process feeds its share of the batch; the embeddings come back replicated.
+            share = process_share(padded, jax.process_index(), jax.process_count())
             out.append(np.asarray(self.embed_fn(state, shard_batch(share, self.mesh)))[:n])
         emb = np.concatenate(out)
         if not np.isfinite(emb).all():

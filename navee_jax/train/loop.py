@@ -168,22 +168,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def _write_run_files(workdir: str, config: ml_collections.ConfigDict, catalogue: Catalogue, split: Split,
                      resuming: bool) -> None:
-    """config.json, skipped_files.json, splits.json. A resumed run must see exactly the split it trained
-    on: if the images on disk changed since, it stops rather than silently train on another split."""
-    splits_path = os.path.join(workdir, "splits.json")
-    if resuming and os.path.isfile(splits_path):
-        with open(splits_path) as f:
-            saved = json.load(f)
-        now = split.to_json(catalogue)
-        changed = [k for k in ("train", "support", "query", "unused") if saved.get(k) != now[k]]
-        if changed:
-            raise UserError(f"{splits_path}: the {changed[0]} images differ from the catalogue now on disk "
-                            f"({saved['counts']} then, {now['counts']} now); the data changed since this run "
-                            f"started: restore it or use a fresh --workdir")
+    """config.json, skipped_files.json and splits.json (which a resumed run must match)."""
+    write_split(split, catalogue, os.path.join(workdir, "splits.json"), must_match_existing=resuming)
     _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
     _write_json(os.path.join(workdir, "skipped_files.json"),
                 [{"path": s.path, "reason": s.reason} for s in catalogue.skipped])
-    write_split(split, catalogue, splits_path)
 
 
 class IntervalReport:
