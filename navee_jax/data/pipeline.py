@@ -85,26 +85,25 @@ def episode_batches(catalogue: Catalogue, pool: np.ndarray, cfg: ml_collections.
     s = cfg.sampler
     rng = np.random.default_rng([cfg.seed, 4, epoch])
     ep = episode_indices(catalogue.labels, pool, s.ways, s.shots, s.queries, num_episodes, rng)
-    # Per-image stateless seeds (seed, running position), as for PK batches.
+    # One flat stream of images (each episode's support, then its queries), decoded in parallel image by
+    # image like PK batches, with per-image stateless seeds (seed, running position); then cut per episode.
     aug_seed = int(rng.integers(2**31 - 1))
-    positions = np.arange(num_episodes * s.ways * (s.shots + s.queries)).reshape(num_episodes, -1)
-    seeds = np.stack([np.full_like(positions, aug_seed), positions], axis=-1)
-    n_support = s.ways * s.shots
+    idx = np.concatenate([ep["support"], ep["query"]], axis=1).reshape(-1)
+    seeds = np.stack([np.full(len(idx), aug_seed), np.arange(len(idx))], axis=1).astype(np.int64)
     load = _image_fn(catalogue, cfg.data, train=True)
+    images = tf.data.Dataset.from_tensor_slices((idx, seeds))
+    images = images.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    images = images.batch(s.ways * (s.shots + s.queries), drop_remainder=True)
+    n_support = s.ways * s.shots
 
-    def images(idx, seed):
-        return tf.map_fn(lambda a: load(a[0], a[1:]), tf.concat([idx[:, None], seed], 1),
-                         fn_output_signature=tf.float32)
-
-    def prepare(support, query, seed, classes, filled):
-        return {"support_images": images(support, seed[:n_support]),
-                "query_images": images(query, seed[n_support:]),
+    def prepare(episode_images, classes, filled):
+        return {"support_images": episode_images[:n_support], "query_images": episode_images[n_support:],
                 "support_labels": tf.repeat(tf.range(s.ways, dtype=tf.int32), s.shots),
                 "query_labels": tf.repeat(tf.range(s.ways, dtype=tf.int32), s.queries),
                 "classes": classes, "filled": filled}
 
-    ds = tf.data.Dataset.from_tensor_slices((ep["support"], ep["query"], seeds, ep["classes"], ep["filled"]))
-    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    metadata = tf.data.Dataset.from_tensor_slices((ep["classes"], ep["filled"]))
+    ds = tf.data.Dataset.zip((images, metadata)).map(lambda im, m: prepare(im, *m))
     return ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
 
 
@@ -128,13 +127,15 @@ def _image_fn(catalogue: Catalogue, data: ml_collections.ConfigDict, train: bool
         read = lambda i: tf.gather(table, i)  # noqa: E731
     else:
         paths = tf.constant(catalogue.paths)
-        transparent = tf.constant(catalogue.transparent or (False,) * len(catalogue))
+        transparent = tf.constant(catalogue.transparent) if any(catalogue.transparent or ()) else None
 
         # Files were fully decoded once when the catalogue was built, so this cannot fail on bad files.
         def read(i):
             raw = tf.io.read_file(tf.gather(paths, i))
-            return tf.cond(tf.gather(transparent, i), lambda: _on_white(tf.io.decode_png(raw, channels=4)),
-                           lambda: tf.io.decode_image(raw, channels=3, expand_animations=False))
+            decode = lambda: tf.io.decode_image(raw, channels=3, expand_animations=False)  # noqa: E731
+            if transparent is None:  # the common case: no per-image branch in the graph at all
+                return decode()
+            return tf.cond(tf.gather(transparent, i), lambda: _on_white(tf.io.decode_png(raw, channels=4)), decode)
 
     def load(i, seed):
         img = tf.image.convert_image_dtype(read(i), tf.float32)
