@@ -140,11 +140,21 @@ def test_describe_folder_with_groups_and_skipped_files(tmp_path):
     assert "skipped: 2 file(s)/folder(s) (1 duplicate, 1 unsupported file)" in text
 
 
-def test_save_histogram_png(tmp_path):
-    path = tmp_path / "h.png"
-    save_histogram_png(np.random.default_rng(0).lognormal(3, 1, size=200).astype(int) + 1, str(path))
+def _bars_in_png(path) -> int:
+    """Number of separate bars (runs of matplotlib's tab:blue) across the row just above the x axis."""
     with Image.open(path) as im:
-        assert im.format == "PNG" and im.width > 0 and im.height > 0
+        assert im.format == "PNG"
+        rgb = np.asarray(im.convert("RGB")).astype(int)
+    blue = np.abs(rgb - [31, 119, 180]).sum(-1) < 30
+    row = blue[np.flatnonzero(blue.any(1))[-1]]  # the lowest row with any bar in it
+    return int(np.sum(row[1:] & ~row[:-1]) + row[0])
+
+
+@pytest.mark.parametrize("counts, bars", [([5, 5, 5], 1), ([1, 2, 3, 4], 4), ([1, 1, 3, 3, 3], 2)])
+def test_save_histogram_png_draws_one_bar_per_non_empty_bin(tmp_path, counts, bars):
+    path = tmp_path / "h.png"
+    save_histogram_png(np.array(counts), str(path))
+    assert _bars_in_png(path) == bars
 
 
 def test_cli_describe_digits(tmp_path):

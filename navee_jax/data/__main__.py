@@ -13,13 +13,10 @@ naming the culprit, and exit status 2.
 import functools
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+from absl import app, flags, logging
+from ml_collections import config_flags
 
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from navee_jax.cli import fail, parse_flags  # noqa: E402
+from navee_jax.cli import fail, parse_flags  # importing navee_jax already quietened TensorFlow
 
 SUBCOMMANDS = ("describe",)
 DEFAULT_WORKDIR = os.path.join("runs", "describe")

@@ -6,13 +6,13 @@ a one-line UserError saying how to prepare it, instead of a download attempt or 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from navee_jax.data.catalogue import Catalogue, Skipped
+from navee_jax.data.tf_import import tf_module
 from navee_jax.errors import UserError
 
 IMAGE_KEY = "image"
@@ -68,9 +68,7 @@ def tfds_catalogue(name: str, split: str, label_key: str, group_key: str = "",
     order: pixels from the `image` feature, class from `label_key`, group (e.g. omniglot's "alphabet")
     from `group_key` ('' = none). ClassLabel values are named by the feature's names. Elements whose
     label or group is -1 (TFDS's "no label") are listed in `skipped`, never silently dropped."""
-    # Must precede the first TensorFlow import (the package __init__ does the same when imported).
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    tf_module()  # TensorFlow as the rest of the input uses it: quiet (navee_jax/__init__) and off the GPUs
     import tensorflow_datasets as tfds
 
     where = f"TFDS dataset {name!r}"
