@@ -22,6 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.group_level = -1  # folder source: path component naming the group (0 = first level; -1 = none)
     c.data.label_column = "articleType"  # styles_csv source: the class column
     c.data.group_column = ""  # styles_csv source: the group column ('' = none), e.g. masterCategory
+    c.data.duplicates = "skip"  # folder / styles_csv: exact duplicate files: 'skip' later copies | 'keep' all
     c.data.tfds_split = "train"  # 'tfds:<name>' sources (a dataset already prepared; nothing downloads)
     c.data.tfds_label_key = "label"
     c.data.tfds_group_key = ""  # e.g. 'alphabet' for tfds:omniglot
@@ -63,6 +64,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.sampler.ways = 5  # episodic methods: N classes per episode ...
     c.sampler.shots = 1  # ... K support images each (filled with augmented copies when a class is short) ...
     c.sampler.queries = 5  # ... and Q query images each
+    c.sampler.tuples_per_batch = 32  # pair / triplet samplers: pairs or triplets per global batch ...
+    c.sampler.p_same = 0.5  # ... each pair is of one class with this probability (the study's contrastive setup)
 
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 1e-3

@@ -4,13 +4,13 @@ Default data: scikit-learn's bundled digits; classes 0-5 train, 6-9 are held out
 
     python launch.py --config=configs/triplet.py --workdir=runs/triplet
 
-runs in about 3 minutes on 2 CPU cores and prints the held-out mAP at initialisation (0.7271), a
-progress line every 10 steps (`step 20/276 epoch 1/12 loss 0.1871 ... | 2.89 steps/s ETA 0:01:28`),
+runs in about 3 minutes on 2 CPU cores and prints the held-out mAP at initialisation (0.7272), a
+progress line every 10 steps (`step 20/276 epoch 1/12 loss 0.1849 ... | 2.89 steps/s ETA 0:01:28`),
 the held-out mAP after each epoch, and at the end
 
-    final held-out mAP 0.5016 (at initialisation 0.7271) over 357 queries
-    4-way 1-shot 1-NN accuracy 0.4640 +- 0.0310 (50 episodes; 0.7060 at initialisation)
-    4-way 5-shot 1-NN accuracy 0.6093 +- 0.0255 (50 episodes; 0.8543 at initialisation)
+    final held-out mAP 0.4851 (at initialisation 0.7272) over 357 queries
+    4-way 1-shot 1-NN accuracy 0.4347 +- 0.0312 (50 episodes; 0.7063 at initialisation)
+    4-way 5-shot 1-NN accuracy 0.6057 +- 0.0214 (50 episodes; 0.8543 at initialisation)
 
 also written to runs/triplet/metrics.json. Six base classes are too few for the learned metric to
 beat a random network on the four unseen digits (docs/results.md); on Omniglot it does. Re-running the

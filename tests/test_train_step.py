@@ -10,7 +10,7 @@ from navee_jax.data.sources import digits_catalogue
 from navee_jax.models import build_model
 from navee_jax.train.loop import make_loss_fn
 from navee_jax.train.sharding import make_mesh, replicated, shard_batch
-from navee_jax.train.step import init_train_state, make_train_step
+from navee_jax.train.step import image_normalizer, init_train_state, make_embed_fn, make_train_step
 
 
 @pytest.mark.parametrize("frozen", [False, True])
@@ -22,7 +22,7 @@ def test_batchnorm_statistics_update_unless_frozen(frozen):
     mesh, tx = make_mesh(), optax.adam(1e-2)
     graphdef, _, state = init_train_state(build_model(cfg.model, nnx.Rngs(0)), tx, frozen_batchnorm=frozen)
     before = jax.device_get(state)
-    step = make_train_step(graphdef, tx, make_loss_fn(cfg.loss), mesh)
+    step = make_train_step(graphdef, tx, make_loss_fn(cfg.loss), mesh, image_normalizer(cfg.data))
     images, labels = shard_batch((batch["images"], batch["labels"]), mesh)
     after, metrics = step(jax.device_put(state, replicated(mesh)), images, labels)
     after = jax.device_get(after)
@@ -32,6 +32,21 @@ def test_batchnorm_statistics_update_unless_frozen(frozen):
     # BatchNorm's own scale and bias are parameters: they train either way.
     assert not np.array_equal(before.params["backbone"]["bn1"]["scale"], after.params["backbone"]["bn1"]["scale"])
     assert int(after.step) == 1 and np.isfinite(metrics["loss"])
+
+
+def test_uint8_batches_are_normalised_inside_the_step_as_numpy_would():
+    cfg = triplet.get_config()
+    cfg.model.width, cfg.model.embed_dim, cfg.data.image_size = 4, 8, 16
+    cat = digits_catalogue()
+    images = next(train_batches(cat, np.flatnonzero(cat.labels < 6), cfg, 0, 1))["images"]
+    mesh, tx = make_mesh(), optax.adam(1e-2)
+    _, eval_graphdef, state = init_train_state(build_model(cfg.model, nnx.Rngs(0)), tx)
+    state = jax.device_put(state, replicated(mesh))
+    on_device = make_embed_fn(eval_graphdef, mesh, image_normalizer(cfg.data))(state, shard_batch(images, mesh))
+    on_host = (images.astype(np.float64) / 255 - np.array(cfg.data.mean)) / np.array(cfg.data.std)
+    want = make_embed_fn(eval_graphdef, mesh)(state, shard_batch(on_host.astype(np.float32), mesh))
+    assert images.dtype == np.uint8 and np.ptp(images) > 0
+    np.testing.assert_allclose(on_device, want, rtol=1e-5, atol=1e-6)
 
 
 def test_non_finite_loss_or_gradient_stops_training_with_the_step():

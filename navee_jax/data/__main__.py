@@ -3,8 +3,9 @@ r"""Inspect a config's data without training: the catalogue, its split and the i
     python -m navee_jax.data describe --config=configs/triplet.py [--config.a.b=value ...] [--workdir=DIR]
 
 prints the catalogue (images, classes, groups), the train / support / query / unused parts of the split,
-a text histogram of images per class with min / median / max, and the skipped files by reason; and
-writes the histogram to <workdir>/images_per_class.png (workdir default: runs/describe).
+the exact duplicates kept and excluded (with --config.data.duplicates=keep), a text histogram of images
+per class with min / median / max, and the skipped files by reason; and writes the histogram to
+<workdir>/images_per_class.png (workdir default: runs/describe).
 
 Bad input (unknown subcommand or config key, wrong type, missing data) ends with one line on stderr
 naming the culprit, and exit status 2.

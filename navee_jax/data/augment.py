@@ -1,5 +1,6 @@
-"""Image transforms inside tf.data, on float32 RGB images in [0, 1]; random ones are stateless
-(seeded per image), so an epoch's augmentations depend only on (seed, epoch, position)."""
+"""Image transforms inside tf.data, on float32 RGB images in [0, 1] (resize and flip also take uint8);
+random ones are stateless (seeded per image), so an epoch's augmentations depend only on
+(seed, epoch, position)."""
 
 from __future__ import annotations
 
@@ -12,20 +13,35 @@ from navee_jax.data.tf_import import tf_module
 
 def resize(img, size: int, mode: str, fill: float):
     """(size, size): 'squash' stretches; 'pad' keeps the aspect ratio and pads with `fill` (white for
-    product photos and Omniglot, whose backgrounds are white)."""
+    product photos and Omniglot, whose backgrounds are white). Keeps the dtype (uint8 is rounded)."""
     tf = tf_module()
 
     def resized():
+        x = tf.image.convert_image_dtype(img, tf.float32)
         if mode == "squash":
-            return tf.image.resize(img, (size, size), method="bilinear", antialias=True)
-        # resize_with_pad pads with 0: pad the image's distance from `fill` instead, then undo the shift.
-        return fill - tf.image.resize_with_pad(fill - img, size, size, method="bilinear", antialias=True)
+            x = tf.image.resize(x, (size, size), method="bilinear", antialias=True)
+        else:  # resize_with_pad pads with 0: pad the image's distance from `fill` instead, then undo the shift.
+            x = fill - tf.image.resize_with_pad(fill - x, size, size, method="bilinear", antialias=True)
+        return to_uint8(x) if img.dtype == tf.uint8 else x
 
     # An image already at the target size is left alone: the antialiased resize is the most expensive
     # step of the whole pipeline, 4x the JPEG decode, even when it changes nothing.
     shape = tf.shape(img)
     already = tf.logical_and(tf.equal(shape[0], size), tf.equal(shape[1], size))
     return tf.ensure_shape(tf.cond(already, lambda: img, resized), (size, size, img.shape[-1]))
+
+
+def to_uint8(img):
+    """[0, 1] float -> uint8, rounded to nearest (convert_image_dtype would truncate)."""
+    tf = tf_module()
+    return tf.cast(tf.round(tf.clip_by_value(img, 0.0, 1.0) * 255.0), tf.uint8)
+
+
+def needs_float(data: ml_collections.ConfigDict, train: bool) -> bool:
+    """Whether the transforms `data` asks for must run in float; without them an image stays uint8 from
+    decode to batch (only a resize, if its size differs, goes through float)."""
+    random_float = data.crop_scale_min < 1 or data.rotation_deg or data.color_jitter
+    return bool((train and random_float) or data.grayscale or data.binarize)
 
 
 def rotate(img, angle, fill: float):

@@ -30,6 +30,8 @@ class Catalogue:
     groups: tuple[str, ...] | None = None  # per image: brand, alphabet, ... (None: the source has none)
     transparent: tuple[bool, ...] | None = None  # per file: a PNG with transparency (composited on white)
     skipped: tuple[Skipped, ...] = ()
+    # per image, with data.duplicates='keep': equal ids = byte-identical files (None: all images distinct)
+    content_ids: np.ndarray | None = None
 
     def __post_init__(self):
         if (self.paths is None) == (self.pixels is None):
@@ -37,6 +39,8 @@ class Catalogue:
         n = len(self.paths) if self.paths is not None else len(self.pixels)
         if len(self.labels) != n:
             raise ValueError(f"{n} images but {len(self.labels)} labels")
+        if self.content_ids is not None and len(self.content_ids) != n:
+            raise ValueError(f"{n} images but {len(self.content_ids)} content ids")
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -48,6 +52,15 @@ class Catalogue:
     def class_indices(self, names: tuple[str, ...]) -> np.ndarray:
         lookup = {n: i for i, n in enumerate(self.class_names)}
         return np.array([lookup[n] for n in names], dtype=np.int64)
+
+    def duplicate_sets(self) -> list[np.ndarray]:
+        """Indices of each set of byte-identical images (2 or more), ordered by first index: what was kept."""
+        if self.content_ids is None:
+            return []
+        order = np.argsort(self.content_ids, kind="stable")
+        _, starts = np.unique(self.content_ids[order], return_index=True)
+        sets = [g for g in np.split(order, starts[1:]) if len(g) >= 2]
+        return sorted(sets, key=lambda g: int(g[0]))
 
     def skipped_by_reason(self) -> dict[str, list[Skipped]]:
         """Skipped files grouped by reason (the reason's text before any ':'), reasons sorted."""

@@ -82,7 +82,8 @@ def _names(names: list[str], limit: int = 10) -> str:
 
 
 def describe(catalogue: Catalogue, split: Split, max_bins: int = 12) -> list[str]:
-    """Lines to print: the catalogue, each split part, the images-per-class histogram, skipped files."""
+    """Lines to print: the catalogue, each split part, duplicates kept, the images-per-class histogram,
+    skipped files."""
     num_classes = len(catalogue.class_names)
     lines = [f"catalogue {catalogue.name!r}: {len(catalogue)} images, {num_classes} classes"]
     if catalogue.groups is not None:
@@ -101,6 +102,9 @@ def describe(catalogue: Catalogue, split: Split, max_bins: int = 12) -> list[str
         idx = getattr(split, part)
         n_classes = len(np.unique(catalogue.labels[idx]))
         lines.append(f"  {part:<8} {n_classes:>6} classes {len(idx):>8} images")
+    summary = split.duplicates_summary(catalogue)
+    if summary:
+        lines.append(f"duplicates: {summary}")
 
     counts = images_per_class(catalogue.labels, num_classes)
     median = float(np.median(counts))  # a whole number or a half

@@ -1,9 +1,10 @@
 """Catalogue sources: scikit-learn's bundled digits (the offline default), folder trees of any depth
 (Omniglot's `<alphabet>/<character>/*.png` is one), and the Kaggle Fashion Product Images layout.
 
-Every file-based source decodes each image once up front and hashes its bytes: unreadable files,
-exact duplicates (the later copy) and files of other types are skipped, counted and listed, so that
-tf.data never meets a bad file and no image can sit on both sides of a split.
+Every file-based source decodes each image once up front and hashes its bytes: unreadable files and
+files of other types are skipped, counted and listed, so that tf.data never meets a bad file. Exact
+duplicates are skipped too (the later copy), or with data.duplicates='keep' all kept with a shared
+content id, which the split uses so that no image can sit on both sides of it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 # Formats tf.io.decode_image can decode; anything else is skipped up front with its reason.
 _TF_DECODABLE = {"JPEG", "PNG", "GIF", "BMP", "WEBP"}
 _EXTENSIONS_TEXT = "/".join(e[1:] for e in IMAGE_EXTENSIONS)
+DUPLICATES = ("skip", "keep")  # data.duplicates: skip later exact copies, or keep them all
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,21 +62,31 @@ def _inspect(path: str) -> tuple[str | None, str | None, bool]:
     return None, hashlib.sha1(data).hexdigest(), transparent_png
 
 
+def _check_duplicates(duplicates: str) -> None:
+    if duplicates not in DUPLICATES:
+        raise UserError(f"data.duplicates: unknown value {duplicates!r}; use 'skip' or 'keep'")
+
+
 def _validated_catalogue(name: str, candidates: list[_Candidate], skipped: list[Skipped],
-                         num_workers: int = 8) -> Catalogue:
-    """Decodes and hashes every candidate (in `candidates` order); builds the catalogue of the good ones."""
+                         num_workers: int = 8, duplicates: str = "skip") -> Catalogue:
+    """Decodes and hashes every candidate (in `candidates` order); builds the catalogue of the good ones.
+    Exact duplicates: the later copies are skipped ('skip'), or kept with the content id of the first ('keep')."""
+    _check_duplicates(duplicates)
     with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
         inspected = list(pool.map(_inspect, [c.path for c in candidates]))
     first_of_hash: dict[str, str] = {}
+    content_of_hash: dict[str, int] = {}
     good: list[_Candidate] = []
     transparent: list[bool] = []
+    content_ids: list[int] = []
     for c, (why, digest, alpha) in zip(candidates, inspected):
-        if why is None and digest in first_of_hash:
+        if why is None and digest in first_of_hash and duplicates == "skip":
             why = f"duplicate: same bytes as {first_of_hash[digest]}"
         if why is not None:
             skipped.append(Skipped(c.path, why))
             continue
-        first_of_hash[digest] = c.path
+        first_of_hash.setdefault(digest, c.path)
+        content_ids.append(content_of_hash.setdefault(digest, len(content_of_hash)))
         good.append(c)
         transparent.append(alpha)
     if not good:
@@ -90,6 +102,7 @@ def _validated_catalogue(name: str, candidates: list[_Candidate], skipped: list[
         groups=tuple(c.group or "" for c in good) if has_groups else None,
         transparent=tuple(transparent),
         skipped=tuple(skipped),
+        content_ids=np.array(content_ids, dtype=np.int64) if duplicates == "keep" else None,
     )
 
 
@@ -100,10 +113,11 @@ def _check_root(root: str | None, layout: str) -> None:
         raise UserError(f"data.root: folder {root!r} does not exist; point --config.data.root at {layout}")
 
 
-def folder_catalogue(root: str, group_level: int = -1) -> Catalogue:
+def folder_catalogue(root: str, group_level: int = -1, duplicates: str = "skip") -> Catalogue:
     """A tree `root/.../<class>/<image>` of any depth: every folder holding images is a class, named by
     its path relative to root; `group_level` >= 0 names the group by that path component (e.g. 0 for
-    `<brand>/<article>`, 1 for Omniglot's `<set>/<alphabet>/<character>`)."""
+    `<brand>/<article>`, 1 for Omniglot's `<set>/<alphabet>/<character>`). `duplicates`: see
+    `_validated_catalogue`."""
     _check_root(root, "root/<class>/<image> (any depth)")
     skipped: list[Skipped] = []
     candidates: list[_Candidate] = []
@@ -122,7 +136,8 @@ def folder_catalogue(root: str, group_level: int = -1) -> Catalogue:
         parts = rel.split(os.sep)
         group = parts[group_level] if 0 <= group_level < len(parts) - 1 else None
         candidates += [_Candidate(os.path.join(folder, f), rel, group) for f in images]
-    return _validated_catalogue(os.path.basename(os.path.normpath(root)), candidates, skipped)
+    return _validated_catalogue(os.path.basename(os.path.normpath(root)), candidates, skipped,
+                                duplicates=duplicates)
 
 
 def read_styles_csv(path: str) -> tuple[list[str], list[list[str]], list[int]]:
@@ -140,9 +155,10 @@ def read_styles_csv(path: str) -> tuple[list[str], list[list[str]], list[int]]:
     return header, rows, malformed
 
 
-def styles_catalogue(root: str, label_column: str, group_column: str = "") -> Catalogue:
+def styles_catalogue(root: str, label_column: str, group_column: str = "", duplicates: str = "skip") -> Catalogue:
     """Kaggle "Fashion Product Images": `root/styles.csv` (id, ..., label columns) and `root/images/<id>.jpg`.
-    Rows whose image is missing are skipped and counted (most rows of the public copies have none)."""
+    Rows whose image is missing are skipped and counted (most rows of the public copies have none).
+    `duplicates`: see `_validated_catalogue` (some product ids share one photo)."""
     _check_root(root, "a folder with styles.csv and images/<id>.jpg")
     csv_path = os.path.join(root, "styles.csv")
     if not os.path.isfile(csv_path):
@@ -164,17 +180,19 @@ def styles_catalogue(root: str, label_column: str, group_column: str = "") -> Ca
         else:
             group = row[col[group_column]].strip() if group_column else None
             candidates.append(_Candidate(path, row[col[label_column]].strip(), group))
-    return _validated_catalogue(os.path.basename(os.path.normpath(root)), candidates, skipped)
+    return _validated_catalogue(os.path.basename(os.path.normpath(root)), candidates, skipped,
+                                duplicates=duplicates)
 
 
 def load_catalogue(data: ml_collections.ConfigDict) -> Catalogue:
     """The catalogue named by `data.source`."""
+    _check_duplicates(data.duplicates)  # for every source, though only file sources hash their images
     if data.source == "digits":
         return digits_catalogue()
     if data.source == "folder":
-        return folder_catalogue(data.root, data.group_level)
+        return folder_catalogue(data.root, data.group_level, data.duplicates)
     if data.source == "styles_csv":
-        return styles_catalogue(data.root, data.label_column, data.group_column)
+        return styles_catalogue(data.root, data.label_column, data.group_column, data.duplicates)
     if data.source.startswith("tfds:"):
         from navee_jax.data.tfds_source import tfds_catalogue
 

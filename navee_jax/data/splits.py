@@ -13,14 +13,20 @@ from navee_jax.data.catalogue import Catalogue
 from navee_jax.errors import UserError
 
 
+# The parts of a split, which partition the catalogue.
+PARTS = ("train", "support", "query", "unused", "excluded_duplicates")
+
+
 @dataclasses.dataclass(frozen=True)
 class Split:
-    """Index arrays into a catalogue. train, support, query and unused partition all images."""
+    """Index arrays into a catalogue, one per part of `PARTS`; together they hold every image once."""
 
     train: np.ndarray
     support: np.ndarray
     query: np.ndarray
     unused: np.ndarray  # held-out images of classes too small to evaluate (reported, not dropped)
+    # held-out exact copies of an image that is in training or in another held-out class (see make_split)
+    excluded_duplicates: np.ndarray
     heldout_classes: tuple[str, ...]
 
     def to_json(self, catalogue: Catalogue) -> dict:
@@ -31,16 +37,21 @@ class Split:
             "catalogue": catalogue.name,
             "heldout_classes": list(self.heldout_classes),
             "train_classes": sorted({catalogue.class_names[i] for i in catalogue.labels[self.train]}),
-            "counts": {k: int(len(getattr(self, k))) for k in ("train", "support", "query", "unused")},
-            "train": refs(self.train),
-            "support": refs(self.support),
-            "query": refs(self.query),
-            "unused": refs(self.unused),
+            "counts": {k: int(len(getattr(self, k))) for k in PARTS},
+            **{k: refs(getattr(self, k)) for k in PARTS},
         }
+
+    def duplicates_summary(self, catalogue: Catalogue) -> str | None:
+        """One line on the exact duplicates kept (data.duplicates='keep') and those left out of evaluation."""
+        if catalogue.content_ids is None:
+            return None
+        sets = catalogue.duplicate_sets()
+        return (f"kept {sum(len(s) - 1 for s in sets)} exact duplicate images ({len(sets)} sets); "
+                f"{len(self.excluded_duplicates)} copies excluded from evaluation so that no image is on two sides")
 
 
 def _check_partition(split: Split, n: int) -> None:
-    parts = np.concatenate([split.train, split.support, split.query, split.unused])
+    parts = np.concatenate([getattr(split, k) for k in PARTS])
     if len(parts) != n or len(np.unique(parts)) != n:
         raise AssertionError("split is not a partition of the catalogue")
 
@@ -87,28 +98,64 @@ def heldout_classes(catalogue: Catalogue, cfg: ml_collections.ConfigDict, rng: n
     return tuple(_pick("classes", in_group, (), cfg.num_heldout_classes, rng))
 
 
+def _excluded_duplicates(catalogue: Catalogue, heldout: np.ndarray) -> np.ndarray:
+    """Held-out images (mask `heldout`) left out of evaluation by rules (a) and (b) of `make_split`."""
+    if catalogue.content_ids is None:
+        return np.zeros(0, np.int64)
+    ids, labels = catalogue.content_ids.tolist(), catalogue.labels.tolist()
+    trained = {ids[i] for i in np.flatnonzero(~heldout).tolist()}
+    class_of: dict[int, int] = {}  # content -> the held-out class of its first (lowest-index) copy
+    excluded = [i for i in np.flatnonzero(heldout).tolist()
+                if ids[i] in trained or class_of.setdefault(ids[i], labels[i]) != labels[i]]
+    return np.array(excluded, dtype=np.int64)
+
+
 def make_split(catalogue: Catalogue, cfg: ml_collections.ConfigDict, seed: int) -> Split:
-    """Held-out classes (see `heldout_classes`), each cut into support and query; the rest trains."""
+    """Held-out classes (see `heldout_classes`), each cut into support and query; the rest trains.
+
+    With exact duplicates kept (`catalogue.content_ids`), no content is on two sides (train / support /
+    query): (a) held-out images whose content is also among the training images go to
+    `excluded_duplicates`; (b) of the remaining held-out images, a content found in several held-out
+    classes stays only in the class of its first copy (lowest index), the other copies go to
+    `excluded_duplicates` too; (c) within a held-out class, support and query take whole content groups,
+    so all copies of an image fall on one side: support takes shuffled groups until it holds the wanted
+    number of images (`support_count` or `support_fraction`, counted in images, as `min_images_per_class`
+    is), leaving at least one group for query. A class of a single content group is unused. Without
+    duplicates every group is one image, and the split is the one of a catalogue without content ids.
+    """
     rng = np.random.default_rng([seed, 1])
     heldout = heldout_classes(catalogue, cfg, rng)
-    heldout_ids = set(catalogue.class_indices(heldout).tolist())
-    train = np.flatnonzero([lab not in heldout_ids for lab in catalogue.labels])
+    heldout_ids = catalogue.class_indices(heldout)
+    is_heldout = np.isin(catalogue.labels, heldout_ids)
+    train = np.flatnonzero(~is_heldout)
+    excluded = _excluded_duplicates(catalogue, is_heldout)
+    evaluable = is_heldout.copy()
+    evaluable[excluded] = False
+    ids = catalogue.content_ids if catalogue.content_ids is not None else np.arange(len(catalogue))
     support, query, unused = [], [], []
-    for c in sorted(heldout_ids):
-        members = rng.permutation(np.flatnonzero(catalogue.labels == c))
-        if len(members) < max(2, cfg.min_images_per_class):
+    for c in sorted(set(heldout_ids.tolist())):
+        members = np.flatnonzero(evaluable & (catalogue.labels == c))
+        groups: dict[int, list[int]] = {}  # content -> its copies in this class, in order of first copy
+        for i in members.tolist():
+            groups.setdefault(int(ids[i]), []).append(i)
+        by_first = {g[0]: g for g in groups.values()}
+        # Shuffling the first copies draws exactly what shuffling `members` did before content ids.
+        shuffled = [by_first[i] for i in rng.permutation(np.array(list(by_first), dtype=members.dtype)).tolist()]
+        if len(members) < max(2, cfg.min_images_per_class) or len(shuffled) < 2:
             unused.append(members)
             continue
         wanted = cfg.support_count or round(cfg.support_fraction * len(members))
         n_support = int(np.clip(wanted, 1, len(members) - 1))  # at least one support and one query image
-        support.append(members[:n_support])
-        query.append(members[n_support:])
+        filled = np.cumsum([len(g) for g in shuffled])
+        n_groups = int(np.clip(np.searchsorted(filled, n_support) + 1, 1, len(shuffled) - 1))
+        support.append(np.concatenate(shuffled[:n_groups]))
+        query.append(np.concatenate(shuffled[n_groups:]))
 
     def join(parts: list[np.ndarray]) -> np.ndarray:
         return np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
 
     split = Split(train=train, support=join(support), query=join(query), unused=join(unused),
-                  heldout_classes=heldout)
+                  excluded_duplicates=excluded, heldout_classes=heldout)
     _check_partition(split, len(catalogue))
     if len(split.support) == 0:
         raise UserError(f"split: no held-out class has >= {max(2, cfg.min_images_per_class)} images; "
@@ -125,7 +172,8 @@ def write_split(split: Split, catalogue: Catalogue, path: str, must_match_existi
     if must_match_existing and os.path.isfile(path):
         with open(path) as f:
             saved = json.load(f)
-        changed = [k for k in ("train", "support", "query", "unused") if saved.get(k) != now[k]]
+        # A file written before excluded_duplicates existed lacks it: it had none.
+        changed = [k for k in PARTS if saved.get(k, [] if k == "excluded_duplicates" else None) != now[k]]
         if changed:
             raise UserError(f"{path}: the {changed[0]} images differ from the catalogue now on disk "
                             f"({saved['counts']} then, {now['counts']} now); the data changed since this run "

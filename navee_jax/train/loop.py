@@ -24,7 +24,7 @@ from navee_jax.models import build_model
 from navee_jax.train.checkpoints import Checkpoints
 from navee_jax.train.progress import Progress
 from navee_jax.train.sharding import check_divisible, make_mesh, replicated, shard_batch
-from navee_jax.train.step import init_train_state, make_embed_fn, make_train_step
+from navee_jax.train.step import image_normalizer, init_train_state, make_embed_fn, make_train_step
 
 # Below this embedding spread (see train.step.embedding_spread) the run is reported as collapsed.
 COLLAPSE_SPREAD = 1e-2
@@ -78,6 +78,8 @@ def _prepare_data(config: ml_collections.ConfigDict) -> tuple[Catalogue, Split]:
           f"train {len(split.train)} images / {n_train_classes} classes; held out {split.heldout_classes}: "
           f"{len(split.support)} support / {len(split.query)} query" +
           (f" / {len(split.unused)} unused (classes too small)" if len(split.unused) else ""))
+    if catalogue.content_ids is not None:
+        print(f"data: {split.duplicates_summary(catalogue)}")
     return catalogue, split
 
 
@@ -99,8 +101,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     model = build_model(config.model, nnx.Rngs(config.seed))
     graphdef, eval_graphdef, state = init_train_state(model, tx, config.model.frozen_batchnorm)
     state = jax.device_put(state, replicated(mesh))
-    train_step = make_train_step(graphdef, tx, make_loss_fn(config.loss), mesh)
-    evaluate = HeldoutEvaluator(catalogue, split, config, make_embed_fn(eval_graphdef, mesh), mesh)
+    prepare = image_normalizer(config.data)
+    train_step = make_train_step(graphdef, tx, make_loss_fn(config.loss), mesh, prepare)
+    evaluate = HeldoutEvaluator(catalogue, split, config, make_embed_fn(eval_graphdef, mesh, prepare), mesh)
 
     os.makedirs(workdir, exist_ok=True)
     ckpt = Checkpoints(workdir, config.train.keep_checkpoints)

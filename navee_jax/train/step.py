@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import flax.struct
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 from flax import nnx
 from jax.sharding import Mesh
@@ -14,6 +15,20 @@ from jax.sharding import Mesh
 from navee_jax.train.sharding import batch_sharded, replicated
 
 LossFn = Callable[[jax.Array, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
+Prepare = Callable[[jax.Array], jax.Array]
+
+
+def normalize_images(images: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
+    """uint8 batches from the input pipeline -> float32 (x / 255 - mean) / std. Done inside the jitted
+    steps, where it fuses into the first layer, so the host moves 4x fewer bytes than float batches."""
+    x = images.astype(jnp.float32) / 255.0
+    return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
+def image_normalizer(data_cfg: ml_collections.ConfigDict) -> Prepare:
+    """`normalize_images` with the config's `data.mean` / `data.std`."""
+    mean, std = tuple(data_cfg.mean), tuple(data_cfg.std)
+    return lambda images: normalize_images(images, mean, std)
 
 
 @flax.struct.dataclass
@@ -47,15 +62,17 @@ def embedding_spread(embeddings: jax.Array) -> jax.Array:
     return jnp.linalg.norm(centred, axis=1).mean() / (jnp.linalg.norm(embeddings, axis=1).mean() + 1e-12)
 
 
-def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_fn: LossFn, mesh: Mesh):
-    """(state, images, labels) -> (state, metrics), jitted with the batch sharded over `mesh`."""
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_fn: LossFn, mesh: Mesh,
+                    prepare: Prepare | None = None):
+    """(state, images, labels) -> (state, metrics), jitted with the batch sharded over `mesh`; `prepare`
+    (e.g. `image_normalizer`) turns the input batch into the model's input inside the jit."""
 
     def step(state: TrainState, images: jax.Array, labels: jax.Array):
         def compute_loss(params):
             # Fresh Variable objects for this trace: NNX refuses to update BatchNorm statistics
             # held by Variables that were created in an enclosing trace.
             model = nnx.merge(graphdef, params, jax.tree.map(lambda x: x, state.model_state))
-            embeddings = model(images)
+            embeddings = model(prepare(images) if prepare else images)
             loss, aux = loss_fn(embeddings, labels)
             return loss, ({**aux, "spread": embedding_spread(embeddings)}, nnx.state(model, nnx.Not(nnx.Param)))
 
@@ -69,11 +86,12 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, lo
     return jax.jit(step, in_shardings=(repl, data, data), out_shardings=(repl, repl), donate_argnums=0)
 
 
-def make_embed_fn(eval_graphdef: nnx.GraphDef, mesh: Mesh) -> Callable[[TrainState, Any], jax.Array]:
+def make_embed_fn(eval_graphdef: nnx.GraphDef, mesh: Mesh,
+                  prepare: Prepare | None = None) -> Callable[[TrainState, Any], jax.Array]:
     """(state, images) -> embeddings, in eval mode (BatchNorm running statistics)."""
 
     def embed(state: TrainState, images: jax.Array) -> jax.Array:
-        return nnx.merge(eval_graphdef, state.params, state.model_state)(images)
+        return nnx.merge(eval_graphdef, state.params, state.model_state)(prepare(images) if prepare else images)
 
     repl = replicated(mesh)
     return jax.jit(embed, in_shardings=(repl, batch_sharded(mesh)), out_shardings=repl)
