@@ -179,7 +179,7 @@ def _image_fn(catalogue: Catalogue, data: ml_collections.ConfigDict, train: bool
     (random resized crop instead of a plain resize, flip, rotation, colour jitter).
 
     Batches stay uint8 and are normalised inside the jitted step (`train.step.normalize_images`): 4x less
-    host memory traffic, and decode + flip never leave uint8 (the input runs ~3x faster on 2 cores).
+    host memory traffic, and decode + flip never leave uint8 (docs/input_pipeline.md).
     """
     tf = tf_module()
     if data.resize not in ("squash", "pad"):
