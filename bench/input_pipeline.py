@@ -59,7 +59,7 @@ def train_step_images_per_second(steps: int = 3) -> float:
 
     cfg = triplet.get_config()
     mesh, tx = make_mesh(), optax.adam(1e-4)
-    graphdef, _, state = init_train_state(build_model(cfg.model, nnx.Rngs(0)), tx)
+    graphdef, _, state = init_train_state(build_model(cfg.model, nnx.Rngs(0), cfg.data.image_size), tx)
     state = jax.device_put(state, replicated(mesh))
     step = make_train_step(graphdef, tx, make_loss_fn(cfg.loss), mesh, image_normalizer(cfg.data))
     rng = np.random.default_rng(0)

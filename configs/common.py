@@ -52,11 +52,17 @@ def get_config() -> ml_collections.ConfigDict:
     c.split.min_images_per_class = 2  # smaller held-out classes are reported as unused
 
     c.model = ml_collections.ConfigDict()
-    c.model.backbone = "resnet18"
-    c.model.width = 64  # channels of the first stage; 64 is torchvision's ResNet-18
-    c.model.embed_dim = 256
+    c.model.backbone = "resnet18"  # resnet18 | resnet50 | conv4 | koch | vgg16 | vgg16_bn
+    c.model.width = 64  # channels of the first stage (64 in every paper's network; pretrained weights need 64)
+    c.model.in_channels = 3  # 1 (e.g. Koch's 105x105x1) feeds one channel of data.grayscale / data.binarize images
+    c.model.remove_top_layers = 1  # vgg*: drop the top n of [fc6, ReLU, Dropout, fc7, ReLU, Dropout, fc8]; 1 = fc7
+    c.model.pretrained = ""  # '' random init; a dir from `python -m navee_jax.models.convert` or a .pth/.safetensors
+    c.model.compute_dtype = "float32"  # 'bfloat16': the backbone computes in bf16, parameters stay float32
+    c.model.embed_dim = 256  # the embedding head projects the backbone's features to this size
     c.model.normalize = True  # L2-normalise embeddings
     c.model.frozen_batchnorm = False  # True: BatchNorm keeps its stored statistics during training
+    c.model.frozen_stages = ()  # backbone stages that do not train, e.g. ("conv1", "bn1", "layer1"): weights and BN
+    c.model.head_batchnorm = False  # BatchNorm on the projection, before the optional L2 normalisation
 
     c.sampler = ml_collections.ConfigDict()
     c.sampler.classes_per_batch = 6  # P

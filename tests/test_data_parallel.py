@@ -30,7 +30,7 @@ SCRIPT = textwrap.dedent("""
     results = []
     for devices in (jax.devices()[:1], jax.devices()):
         mesh = make_mesh(devices)
-        graphdef, _, state = init_train_state(build_model(cfg.model, nnx.Rngs(0)), tx)
+        graphdef, _, state = init_train_state(build_model(cfg.model, nnx.Rngs(0), cfg.data.image_size), tx)
         state = jax.device_put(state, replicated(mesh))
         initial_params = jax.device_get(state.params)  # the step donates (deletes) its input state
         images, labels = shard_batch((batch["images"], batch["labels"]), mesh)

@@ -13,6 +13,10 @@ from navee_jax.train.sharding import make_mesh, replicated, shard_batch
 from navee_jax.train.step import image_normalizer, init_train_state, make_embed_fn, make_train_step
 
 
+def _model(cfg):
+    return build_model(cfg.model, nnx.Rngs(0), cfg.data.image_size)
+
+
 @pytest.mark.parametrize("frozen", [False, True])
 def test_batchnorm_statistics_update_unless_frozen(frozen):
     cfg = triplet.get_config()
@@ -20,7 +24,7 @@ def test_batchnorm_statistics_update_unless_frozen(frozen):
     cat = digits_catalogue()
     batch = next(train_batches(cat, np.flatnonzero(cat.labels < 6), cfg, 0, 1))
     mesh, tx = make_mesh(), optax.adam(1e-2)
-    graphdef, _, state = init_train_state(build_model(cfg.model, nnx.Rngs(0)), tx, frozen_batchnorm=frozen)
+    graphdef, _, state = init_train_state(_model(cfg), tx, frozen_batchnorm=frozen)
     before = jax.device_get(state)
     step = make_train_step(graphdef, tx, make_loss_fn(cfg.loss), mesh, image_normalizer(cfg.data))
     images, labels = shard_batch((batch["images"], batch["labels"]), mesh)
@@ -40,7 +44,7 @@ def test_uint8_batches_are_normalised_inside_the_step_as_numpy_would():
     cat = digits_catalogue()
     images = next(train_batches(cat, np.flatnonzero(cat.labels < 6), cfg, 0, 1))["images"]
     mesh, tx = make_mesh(), optax.adam(1e-2)
-    _, eval_graphdef, state = init_train_state(build_model(cfg.model, nnx.Rngs(0)), tx)
+    _, eval_graphdef, state = init_train_state(_model(cfg), tx)
     state = jax.device_put(state, replicated(mesh))
     on_device = make_embed_fn(eval_graphdef, mesh, image_normalizer(cfg.data))(state, shard_batch(images, mesh))
     on_host = (images.astype(np.float64) / 255 - np.array(cfg.data.mean)) / np.array(cfg.data.std)

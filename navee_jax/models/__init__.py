@@ -2,18 +2,44 @@
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
 from navee_jax.errors import UserError
+from navee_jax.models.conv4 import conv4
 from navee_jax.models.embedding import EmbeddingNet
-from navee_jax.models.resnet import resnet18
+from navee_jax.models.koch import koch
+from navee_jax.models.resnet import resnet18, resnet50
+from navee_jax.models.vgg import vgg16, vgg16_bn
 
-BACKBONES = {"resnet18": resnet18}
+BACKBONES = {"resnet18": resnet18, "resnet50": resnet50, "conv4": conv4, "koch": koch, "vgg16": vgg16,
+             "vgg16_bn": vgg16_bn}
+_SIZED = ("conv4", "koch")  # flattened outputs: the input size fixes the feature size at construction
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def build_model(cfg: ml_collections.ConfigDict, rngs: nnx.Rngs) -> EmbeddingNet:
+def build_model(cfg: ml_collections.ConfigDict, rngs: nnx.Rngs, image_size: int) -> EmbeddingNet:
+    """`cfg.backbone` (+ `cfg.pretrained` weights) behind the embedding head, for `image_size` inputs.
+
+    With `cfg.compute_dtype='bfloat16'` the backbone computes in bf16 while its parameters (and
+    BatchNorm statistics) stay float32; the head and the loss stay float32.
+    """
     if cfg.backbone not in BACKBONES:
         raise UserError(f"model.backbone: unknown backbone {cfg.backbone!r}; choose one of {sorted(BACKBONES)}")
-    backbone = BACKBONES[cfg.backbone](width=cfg.width, rngs=rngs)
-    return EmbeddingNet(backbone, cfg.embed_dim, cfg.normalize, rngs=rngs)
+    if cfg.compute_dtype not in COMPUTE_DTYPES:
+        raise UserError(f"model.compute_dtype: {cfg.compute_dtype!r} is not one of {sorted(COMPUTE_DTYPES)}")
+    kwargs = {"in_channels": cfg.in_channels}
+    if cfg.backbone in _SIZED:
+        kwargs["image_size"] = image_size
+    if cfg.backbone.startswith("vgg"):
+        kwargs["remove_top_layers"] = cfg.remove_top_layers
+    backbone = BACKBONES[cfg.backbone](width=cfg.width, rngs=rngs, **kwargs)
+    if cfg.pretrained:
+        from navee_jax.models.convert import load_pretrained
+
+        load_pretrained(backbone, cfg.pretrained)
+    if cfg.compute_dtype != "float32":
+        # Conv / Linear / BatchNorm compute in `dtype` and keep float32 parameters (param_dtype).
+        backbone.set_attributes(dtype=COMPUTE_DTYPES[cfg.compute_dtype], raise_if_not_found=False)
+    return EmbeddingNet(backbone, cfg.embed_dim, cfg.normalize, cfg.head_batchnorm, rngs=rngs)

@@ -1,4 +1,5 @@
-"""Backbone + embedding head: features -> linear projection to embed_dim -> optional L2 norm."""
+"""Backbone + embedding head: features -> linear projection to embed_dim -> optional BatchNorm ->
+optional L2 norm."""
 
 from __future__ import annotations
 
@@ -12,11 +13,15 @@ def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
 
 
 class EmbeddingNet(nnx.Module):
-    def __init__(self, backbone: nnx.Module, embed_dim: int, normalize: bool, *, rngs: nnx.Rngs):
+    def __init__(self, backbone: nnx.Module, embed_dim: int, normalize: bool, batchnorm: bool = False, *,
+                 rngs: nnx.Rngs):
         self.backbone = backbone
         self.head = nnx.Linear(backbone.out_features, embed_dim, rngs=rngs)
+        self.head_bn = nnx.BatchNorm(embed_dim, momentum=0.9, epsilon=1e-5, rngs=rngs) if batchnorm else None
         self.normalize = normalize
 
     def __call__(self, images: jax.Array) -> jax.Array:
         z = self.head(self.backbone(images))
+        if self.head_bn is not None:
+            z = self.head_bn(z)
         return l2_normalize(z) if self.normalize else z

@@ -1,10 +1,12 @@
-"""ResNet with torchvision's topology (v1.5: stride on the 3x3 conv), in Flax NNX, NHWC.
+"""ResNet-18 / ResNet-50 with torchvision's topology (v1.5: stride on the 3x3 conv), in Flax NNX, NHWC.
 
-Attribute names follow torchvision's state_dict (conv1, bn1, layer1.0.downsample, ...) so that
-converted ImageNet weights map one to one.
+Attribute names follow torchvision's state_dict (conv1, bn1, layer1.0.downsample, fc, ...) so that
+converted ImageNet weights map one to one (see navee_jax.models.convert).
 """
 
 from __future__ import annotations
+
+import math
 
 import jax
 from flax import nnx
@@ -24,7 +26,18 @@ def _bn(c: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
     return nnx.BatchNorm(c, momentum=0.9, epsilon=1e-5, rngs=rngs)
 
 
+def _torch_linear(cin: int, cout: int, rngs: nnx.Rngs) -> nnx.Linear:
+    """nn.Linear's default initialisation, U(-1/sqrt(cin), 1/sqrt(cin)) for weight and bias, so a
+    freshly built classifier trains like torchvision's."""
+    bound = 1.0 / math.sqrt(cin)
+    return nnx.Linear(cin, cout, kernel_init=nnx.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
+                      bias_init=lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, -bound, bound),
+                      rngs=rngs)
+
+
 class Downsample(nnx.Module):
+    """The projection shortcut; .conv / .bn are torchvision's downsample.0 / downsample.1."""
+
     def __init__(self, cin: int, cout: int, stride: int, rngs: nnx.Rngs):
         self.conv = _conv(cin, cout, 1, stride, rngs)
         self.bn = _bn(cout, rngs)
@@ -34,12 +47,16 @@ class Downsample(nnx.Module):
 
 
 class BasicBlock(nnx.Module):
-    def __init__(self, cin: int, cout: int, stride: int, rngs: nnx.Rngs):
-        self.conv1 = _conv(cin, cout, 3, stride, rngs)
-        self.bn1 = _bn(cout, rngs)
-        self.conv2 = _conv(cout, cout, 3, 1, rngs)
-        self.bn2 = _bn(cout, rngs)
-        self.downsample = Downsample(cin, cout, stride, rngs) if stride != 1 or cin != cout else None
+    """Two 3x3 convs (ResNet-18/34); output channels = planes."""
+
+    expansion = 1
+
+    def __init__(self, cin: int, planes: int, stride: int, rngs: nnx.Rngs):
+        self.conv1 = _conv(cin, planes, 3, stride, rngs)
+        self.bn1 = _bn(planes, rngs)
+        self.conv2 = _conv(planes, planes, 3, 1, rngs)
+        self.bn2 = _bn(planes, rngs)
+        self.downsample = Downsample(cin, planes, stride, rngs) if stride != 1 or cin != planes else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
         shortcut = x if self.downsample is None else self.downsample(x)
@@ -47,22 +64,52 @@ class BasicBlock(nnx.Module):
         return nnx.relu(self.bn2(self.conv2(y)) + shortcut)
 
 
-class ResNet(nnx.Module):
-    """Stem (7x7/2 conv, 3x3/2 max-pool), four stages, global average pool -> (N, 8 * width)."""
+class Bottleneck(nnx.Module):
+    """1x1 reduce, 3x3 (carrying the stride, torchvision v1.5), 1x1 expand; output channels = 4 * planes."""
 
-    def __init__(self, blocks_per_stage: tuple[int, ...], width: int, rngs: nnx.Rngs, in_channels: int = 3):
+    expansion = 4
+
+    def __init__(self, cin: int, planes: int, stride: int, rngs: nnx.Rngs):
+        cout = planes * self.expansion
+        self.conv1 = _conv(cin, planes, 1, 1, rngs)
+        self.bn1 = _bn(planes, rngs)
+        self.conv2 = _conv(planes, planes, 3, stride, rngs)
+        self.bn2 = _bn(planes, rngs)
+        self.conv3 = _conv(planes, cout, 1, 1, rngs)
+        self.bn3 = _bn(cout, rngs)
+        self.downsample = Downsample(cin, cout, stride, rngs) if stride != 1 or cin != cout else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        y = nnx.relu(self.bn1(self.conv1(x)))
+        y = nnx.relu(self.bn2(self.conv2(y)))
+        return nnx.relu(self.bn3(self.conv3(y)) + shortcut)
+
+
+class ResNet(nnx.Module):
+    """Stem (7x7/2 conv, 3x3/2 max-pool), four stages, global average pool, optional classifier.
+
+    Returns (N, out_features): the pooled features (8 * width * block.expansion) when
+    `num_classes` is 0, which is how few-shot embeddings use it, or the logits of an `fc` layer
+    when `num_classes` > 0, which makes the full torchvision model (e.g. 1000 ImageNet classes)
+    and its converted weights comparable.
+    """
+
+    def __init__(self, blocks_per_stage: tuple[int, ...], width: int, rngs: nnx.Rngs, in_channels: int = 3, *,
+                 block: type[BasicBlock] | type[Bottleneck] = BasicBlock, num_classes: int = 0):
         self.conv1 = _conv(in_channels, width, 7, 2, rngs)
         self.bn1 = _bn(width, rngs)
         cin = width
         for s, n in enumerate(blocks_per_stage):
-            cout = width * 2**s
+            planes = width * 2**s
             blocks = []
             for b in range(n):
-                blocks.append(BasicBlock(cin, cout, 2 if (b == 0 and s > 0) else 1, rngs))
-                cin = cout
+                blocks.append(block(cin, planes, 2 if (b == 0 and s > 0) else 1, rngs))
+                cin = planes * block.expansion
             setattr(self, f"layer{s + 1}", nnx.List(blocks))
         self.num_stages = len(blocks_per_stage)
-        self.out_features = cin
+        self.fc = _torch_linear(cin, num_classes, rngs) if num_classes > 0 else None
+        self.out_features = num_classes if num_classes > 0 else cin
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = nnx.relu(self.bn1(self.conv1(x)))
@@ -70,9 +117,16 @@ class ResNet(nnx.Module):
         for s in range(self.num_stages):
             for block in getattr(self, f"layer{s + 1}"):
                 x = block(x)
-        return x.mean(axis=(1, 2))
+        x = x.mean(axis=(1, 2))
+        return x if self.fc is None else self.fc(x)
 
 
-def resnet18(width: int = 64, *, rngs: nnx.Rngs) -> ResNet:
-    """torchvision resnet18 without its classifier; `width` 64 is the standard network."""
-    return ResNet((2, 2, 2, 2), width, rngs)
+def resnet18(width: int = 64, *, rngs: nnx.Rngs, in_channels: int = 3, num_classes: int = 0) -> ResNet:
+    """torchvision resnet18 (`width` 64 is the standard network), headless unless `num_classes` > 0."""
+    return ResNet((2, 2, 2, 2), width, rngs, in_channels, num_classes=num_classes)
+
+
+def resnet50(width: int = 64, *, rngs: nnx.Rngs, in_channels: int = 3, num_classes: int = 0) -> ResNet:
+    """torchvision resnet50 (`width` 64 is the standard network: 2048 features), headless unless
+    `num_classes` > 0."""
+    return ResNet((3, 4, 6, 3), width, rngs, in_channels, block=Bottleneck, num_classes=num_classes)

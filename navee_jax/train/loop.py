@@ -98,11 +98,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         config.optim.lr, transition_steps=max(1, config.optim.decay_every_epochs * steps_per_epoch),
         decay_rate=config.optim.decay_factor, staircase=True)
     tx = optax.adamw(schedule, weight_decay=config.optim.weight_decay)
-    model = build_model(config.model, nnx.Rngs(config.seed))
-    graphdef, eval_graphdef, state = init_train_state(model, tx, config.model.frozen_batchnorm)
+    model = build_model(config.model, nnx.Rngs(config.seed), config.data.image_size)
+    frozen = tuple(config.model.frozen_stages)
+    graphdef, eval_graphdef, state = init_train_state(model, tx, config.model.frozen_batchnorm, frozen)
     state = jax.device_put(state, replicated(mesh))
-    prepare = image_normalizer(config.data)
-    train_step = make_train_step(graphdef, tx, make_loss_fn(config.loss), mesh, prepare)
+    prepare = image_normalizer(config.data, config.model.in_channels)
+    train_step = make_train_step(graphdef, tx, make_loss_fn(config.loss), mesh, prepare, frozen)
     evaluate = HeldoutEvaluator(catalogue, split, config, make_embed_fn(eval_graphdef, mesh, prepare), mesh)
 
     os.makedirs(workdir, exist_ok=True)

@@ -12,6 +12,8 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
+from navee_jax.errors import UserError
+from navee_jax.models.stages import freeze_stages, trainable_filter
 from navee_jax.train.sharding import batch_sharded, replicated
 
 LossFn = Callable[[jax.Array, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
@@ -25,33 +27,43 @@ def normalize_images(images: jax.Array, mean: Sequence[float], std: Sequence[flo
     return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 
-def image_normalizer(data_cfg: ml_collections.ConfigDict) -> Prepare:
-    """`normalize_images` with the config's `data.mean` / `data.std`."""
+def image_normalizer(data_cfg: ml_collections.ConfigDict, in_channels: int = 3) -> Prepare:
+    """`normalize_images` with the config's `data.mean` / `data.std`; for a one-channel model, only the
+    first channel of the (grayscale, so identical) three."""
     mean, std = tuple(data_cfg.mean), tuple(data_cfg.std)
-    return lambda images: normalize_images(images, mean, std)
+    if in_channels == 3:
+        return lambda images: normalize_images(images, mean, std)
+    if in_channels != 1:
+        raise UserError(f"model.in_channels={in_channels}: the input pipeline gives 3 (colour) or 1 (grayscale)")
+    if not (data_cfg.grayscale or data_cfg.binarize):
+        raise UserError("model.in_channels=1 needs grayscale images: set --config.data.grayscale=True "
+                        "(or data.binarize=True)")
+    return lambda images: normalize_images(images[..., :1], mean[:1], std[:1])
 
 
 @flax.struct.dataclass
 class TrainState:
     step: jax.Array
-    params: nnx.State  # trainable (nnx.Param)
-    model_state: nnx.State  # everything else the model carries, e.g. BatchNorm running statistics
+    params: nnx.State  # trainable (nnx.Param outside frozen stages)
+    model_state: nnx.State  # everything else: BatchNorm running statistics, frozen stages' parameters
     opt_state: optax.OptState
 
 
-def init_train_state(model: nnx.Module, tx: optax.GradientTransformation,
-                     frozen_batchnorm: bool = False) -> tuple[nnx.GraphDef, nnx.GraphDef, TrainState]:
+def init_train_state(model: nnx.Module, tx: optax.GradientTransformation, frozen_batchnorm: bool = False,
+                     frozen_stages: tuple[str, ...] = ()) -> tuple[nnx.GraphDef, nnx.GraphDef, TrainState]:
     """(train-mode graphdef, eval-mode graphdef, state). The model object is not used afterwards.
 
     With `frozen_batchnorm`, training also normalises with the stored statistics and never updates
     them (BatchNorm's scale and bias still train), as deep metric learning usually does: a PK batch
-    of a few classes gives biased batch statistics.
+    of a few classes gives biased batch statistics. `frozen_stages` (see models.stages) neither train
+    nor update their statistics: their parameters live in `model_state`, beside the statistics.
     """
     model.eval()
     eval_graphdef = nnx.graphdef(model)
     if not frozen_batchnorm:
         model.train()
-    graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
+    freeze_stages(model, frozen_stages)
+    graphdef, params, model_state = nnx.split(model, trainable_filter(frozen_stages), ...)
     state = TrainState(jnp.zeros((), jnp.int32), params, model_state, tx.init(params))
     return graphdef, eval_graphdef, state
 
@@ -63,9 +75,11 @@ def embedding_spread(embeddings: jax.Array) -> jax.Array:
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_fn: LossFn, mesh: Mesh,
-                    prepare: Prepare | None = None):
+                    prepare: Prepare | None = None, frozen_stages: tuple[str, ...] = ()):
     """(state, images, labels) -> (state, metrics), jitted with the batch sharded over `mesh`; `prepare`
-    (e.g. `image_normalizer`) turns the input batch into the model's input inside the jit."""
+    (e.g. `image_normalizer`) turns the input batch into the model's input inside the jit;
+    `frozen_stages` must be those given to `init_train_state`."""
+    trainable = trainable_filter(frozen_stages)
 
     def step(state: TrainState, images: jax.Array, labels: jax.Array):
         def compute_loss(params):
@@ -74,7 +88,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, lo
             model = nnx.merge(graphdef, params, jax.tree.map(lambda x: x, state.model_state))
             embeddings = model(prepare(images) if prepare else images)
             loss, aux = loss_fn(embeddings, labels)
-            return loss, ({**aux, "spread": embedding_spread(embeddings)}, nnx.state(model, nnx.Not(nnx.Param)))
+            return loss, ({**aux, "spread": embedding_spread(embeddings)}, nnx.state(model, nnx.Not(trainable)))
 
         (loss, (aux, model_state)), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)

@@ -1,0 +1,133 @@
+"""Backbone topologies: parameter counts against torchvision and the papers, output shapes, train/eval modes.
+
+Counts use nnx.eval_shape, which builds the model with shapes only: VGG-16's 138M parameters are
+never allocated.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from navee_jax.errors import UserError
+from navee_jax.models.conv4 import conv4
+from navee_jax.models.koch import KochVerificationHead, koch
+from navee_jax.models.resnet import resnet18, resnet50
+from navee_jax.models.vgg import VGG, vgg16, vgg16_bn
+
+
+def _abstract(make):
+    return nnx.eval_shape(make)
+
+
+def _count(model) -> int:
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+# sum(p.numel() for p in torchvision.models.<name>().parameters())
+@pytest.mark.parametrize("factory,kwargs,expected", [
+    (resnet18, {"num_classes": 1000}, 11_689_512),
+    (resnet50, {"num_classes": 1000}, 25_557_032),
+    (resnet50, {}, 25_557_032 - (2048 * 1000 + 1000)),  # headless: the pooled 2048 features
+    (vgg16, {}, 138_357_544),
+    (vgg16_bn, {}, 138_365_992),
+])
+def test_parameter_counts_equal_torchvision(factory, kwargs, expected):
+    assert _count(_abstract(lambda: factory(rngs=nnx.Rngs(0), **kwargs))) == expected
+
+
+def test_koch_parameter_count_follows_the_paper():
+    convs = ((1, 64, 10), (64, 128, 7), (128, 128, 4), (128, 256, 4))  # (in, filters, kernel side)
+    conv_params = sum(k * k * cin * cout + cout for cin, cout, k in convs)
+    # 105 -> conv10: 96 -> pool: 48 -> conv7: 42 -> pool: 21 -> conv4: 18 -> pool: 9 -> conv4: 6
+    dense_params = 6 * 6 * 256 * 4096 + 4096
+    assert conv_params + dense_params == 38_947_648
+    model = _abstract(lambda: koch(rngs=nnx.Rngs(0)))
+    assert _count(model) == conv_params + dense_params and model.out_features == 4096
+    assert _count(KochVerificationHead(rngs=nnx.Rngs(0))) == 4096 + 1  # alpha_j and the bias
+
+
+def test_conv4_parameter_count_by_hand():
+    block = lambda cin: 3 * 3 * cin * 64 + 64 + 2 * 64  # conv weight + bias, BN scale + bias  # noqa: E731
+    assert _count(_abstract(lambda: conv4(rngs=nnx.Rngs(0), in_channels=1, image_size=28))) == block(1) + 3 * block(64)
+    assert _count(_abstract(lambda: conv4(rngs=nnx.Rngs(0), image_size=84))) == block(3) + 3 * block(64)
+
+
+@pytest.mark.parametrize("n,features,params", [
+    (0, 1000, 138_357_544),
+    (1, 4096, 138_357_544 - (4096 * 1000 + 1000)),  # fc7 after ReLU / dropout
+    (3, 4096, 138_357_544 - (4096 * 1000 + 1000)),  # fc7 before ReLU
+    (4, 4096, 138_357_544 - (4096 * 1000 + 1000) - (4096 * 4096 + 4096)),  # fc6 after ReLU / dropout
+    (7, 512 * 7 * 7, 14_714_688),  # pooled conv features only
+])
+def test_vgg_remove_top_layers_features_and_what_is_built(n, features, params):
+    model = _abstract(lambda: vgg16(rngs=nnx.Rngs(0), remove_top_layers=n))
+    assert model.out_features == features and _count(model) == params
+
+
+def test_vgg_remove_top_layers_out_of_range_is_a_user_error():
+    with pytest.raises(UserError, match="remove_top_layers"):
+        vgg16(rngs=nnx.Rngs(0), remove_top_layers=8)
+
+
+def _images(n: int, size: int, channels: int = 3) -> jax.Array:
+    return jax.random.normal(jax.random.key(0), (n, size, size, channels))
+
+
+def _traced_output_shape(make, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Shape of an eval-mode forward pass, by tracing only: the numbers are the parity tests' business."""
+
+    def forward(x):
+        model = make()
+        model.eval()
+        return model(x)
+
+    return jax.eval_shape(forward, jax.ShapeDtypeStruct(shape, jnp.float32)).shape
+
+
+@pytest.mark.parametrize("make,shape,features", [
+    (lambda: resnet18(8, rngs=nnx.Rngs(0)), (2, 32, 32, 3), 64),
+    (lambda: resnet50(rngs=nnx.Rngs(0)), (2, 64, 64, 3), 2048),
+    (lambda: resnet50(8, rngs=nnx.Rngs(0), num_classes=5, in_channels=1), (2, 32, 32, 1), 5),
+    (lambda: conv4(rngs=nnx.Rngs(0), in_channels=1, image_size=28), (2, 28, 28, 1), 64),
+    (lambda: conv4(rngs=nnx.Rngs(0), image_size=84), (2, 84, 84, 3), 1600),
+    (lambda: koch(rngs=nnx.Rngs(0)), (2, 105, 105, 1), 4096),
+    (lambda: koch(rngs=nnx.Rngs(0), in_channels=3), (2, 105, 105, 3), 4096),
+    (lambda: vgg16_bn(rngs=nnx.Rngs(0), remove_top_layers=1), (2, 32, 32, 3), 4096),
+    (lambda: vgg16(rngs=nnx.Rngs(0), remove_top_layers=7), (2, 48, 48, 3), 25088),
+])
+def test_output_shapes(make, shape, features):
+    assert _abstract(make).out_features == features
+    assert _traced_output_shape(make, shape) == (2, features)
+
+
+def test_koch_outputs_and_verification_head():
+    net, head = koch(8, rngs=nnx.Rngs(0)), KochVerificationHead(rngs=nnx.Rngs(1))
+    h1, h2 = net(_images(3, 105, 1)), net(-_images(3, 105, 1))
+    assert h1.shape == (3, 4096) and bool(jnp.all((h1 > 0) & (h1 < 1)))  # sigmoid features
+    p = head(h1, h2)
+    assert p.shape == (3,) and bool(jnp.all((p > 0) & (p < 1)))
+    np.testing.assert_allclose(p, head(h2, h1), rtol=1e-6)  # |h1 - h2| is symmetric
+    expected = jax.nn.sigmoid(jnp.abs(h1 - h2) @ head.fc.kernel[...][:, 0] + head.fc.bias[...][0])
+    np.testing.assert_allclose(p, expected, rtol=1e-5)
+
+
+def test_fixed_size_backbones_refuse_other_sizes():
+    with pytest.raises(ValueError, match="28x28"):
+        conv4(8, rngs=nnx.Rngs(0), image_size=28)(_images(1, 32))
+    with pytest.raises(UserError, match="image_size"):
+        conv4(8, rngs=nnx.Rngs(0), image_size=8)
+    with pytest.raises(UserError, match="image_size"):
+        koch(8, rngs=nnx.Rngs(0), image_size=40)
+
+
+def test_vgg_dropout_only_in_train_mode():
+    model = VGG(4, rngs=nnx.Rngs(0), num_classes=10, hidden=64, remove_top_layers=1)
+    x = _images(2, 32)
+    model.eval()
+    np.testing.assert_array_equal(model(x), model(x))
+    model.train()
+    assert not np.allclose(model(x), model(x))  # a fresh dropout mask per call
