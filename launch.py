@@ -1,6 +1,10 @@
 r"""Train and evaluate a few-shot embedding: the one entry point for every method.
 
     python launch.py --config=configs/triplet.py[:variant] --workdir=runs/triplet [--config.a.b=value ...]
+    python launch.py --config=... --workdir=runs/sweep --sweep="optim.lr=[5e-5, 1e-4]" [--sweep=...]
+
+With --sweep, every setting of the grid trains into its own sub-workdir and a table of the best
+held-out mAP per setting ends the run (navee_jax.train.sweep).
 
 Bad input (unknown config key, wrong type, missing data, incompatible checkpoint, NaN loss) ends
 with one line on stderr naming the culprit, and exit status 2.
@@ -18,6 +22,8 @@ from navee_jax.cli import fail, parse_flags  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. configs/triplet.py[:variant].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and TensorBoard logs (default runs/<config>).")
+_SWEEP = flags.DEFINE_multi_string("sweep", [], "key=[v1, v2, ...]: train every setting of the grid of these "
+                                   "overrides into <workdir>/<setting>/ and tabulate held-out mAP.")
 
 
 def main(argv: list[str]) -> None:
@@ -31,9 +37,13 @@ def main(argv: list[str]) -> None:
 
     from navee_jax.errors import UserError
     from navee_jax.train.loop import train_and_evaluate
+    from navee_jax.train.sweep import parse_sweep, run_sweep
 
     try:
-        train_and_evaluate(config, workdir)
+        if _SWEEP.value:
+            run_sweep(config, workdir, parse_sweep(_SWEEP.value, config), train_and_evaluate)
+        else:
+            train_and_evaluate(config, workdir)
     except UserError as e:
         fail(str(e))
 

@@ -53,24 +53,24 @@ def train_step_images_per_second(steps: int = 3) -> float:
     from flax import nnx
 
     from navee_jax.models import build_model
-    from navee_jax.train.loop import make_loss_fn
-    from navee_jax.train.sharding import make_mesh, replicated, shard_batch
+    from navee_jax.train.objectives import make_objective
+    from navee_jax.train.sharding import make_mesh, replicated, shard_step_batch
     from navee_jax.train.step import image_normalizer, init_train_state, make_train_step
 
     cfg = triplet.get_config()
     mesh, tx = make_mesh(), optax.adam(1e-4)
     graphdef, _, state = init_train_state(build_model(cfg.model, nnx.Rngs(0), cfg.data.image_size), tx)
     state = jax.device_put(state, replicated(mesh))
-    step = make_train_step(graphdef, tx, make_loss_fn(cfg.loss), mesh, image_normalizer(cfg.data))
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(BATCH, SIZE, SIZE, 3), dtype=np.uint8)
     labels = np.repeat(np.arange(BATCH // 4), 4).astype(np.int32)
-    batch = shard_batch((images, labels), mesh)
-    state, m = step(state, *batch)  # compile
+    step = make_train_step(graphdef, tx, make_objective(cfg, labels).loss, mesh, image_normalizer(cfg.data))
+    batch = shard_step_batch({"images": images, "labels": labels}, mesh)
+    state, m = step(state, batch)  # compile
     jax.block_until_ready(m)
     t = time.perf_counter()
     for _ in range(steps):
-        state, m = step(state, *batch)
+        state, m = step(state, batch)
     jax.block_until_ready(m)
     return steps * BATCH / (time.perf_counter() - t)
 

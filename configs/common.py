@@ -1,7 +1,13 @@
-"""Defaults shared by every experiment; experiment configs start from `get_config()` and override.
+"""Defaults shared by every experiment; experiment configs start from `get_config(variant)` and override.
 
-Not runnable on its own: pass an experiment config, e.g. --config=configs/triplet.py.
+Not runnable on its own: pass an experiment config, e.g. --config=configs/triplet.py. Variants (the part
+after ':' in --config=configs/X.py:variant):
+- '' (default): scikit-learn's bundled digits, classes 0-5 train, 6-9 held out; ResNet-18 at 32x32.
+- 'omniglot': one Omniglot alphabet (Korean: 40 characters x 20 drawers) from ../shared/data, 30 characters
+  train and 10 unseen ones drawn by the seed are held out; Conv-4 at 28x28 (the few-shot papers' setting).
 """
+
+import os
 
 import ml_collections
 from ml_collections import config_dict
@@ -10,7 +16,15 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def get_config() -> ml_collections.ConfigDict:
+# The project's real data sets live beside the repository (../shared/data), never in it.
+SHARED_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.pardir, "shared", "data")
+OMNIGLOT_KOREAN = os.path.normpath(os.path.join(SHARED_DATA, "omniglot", "images_background_small1", "Korean"))
+VARIANTS = ("", "omniglot")
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; variants: {VARIANTS}")
     c = ml_collections.ConfigDict()
     c.seed = 0
 
@@ -65,6 +79,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.head_batchnorm = False  # BatchNorm on the projection, before the optional L2 normalisation
 
     c.sampler = ml_collections.ConfigDict()
+    c.sampler.kind = "pk"  # pk | pairs | triplets | episodes: what a train batch is (each loss names its kinds)
     c.sampler.classes_per_batch = 6  # P
     c.sampler.images_per_class = 8  # K; the global batch is P*K
     c.sampler.ways = 5  # episodic methods: N classes per episode ...
@@ -91,4 +106,14 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval.shots = (1, 5)
     c.eval.queries_per_class = 15
     c.eval.episodes = 50
+    if variant == "omniglot":
+        _omniglot(c)
     return c
+
+
+def _omniglot(c: ml_collections.ConfigDict) -> None:
+    c.data.source, c.data.root = "folder", OMNIGLOT_KOREAN
+    c.data.image_size, c.data.flip, c.data.binarize = 28, False, True  # 1-bit drawings; mirrored letters differ
+    c.split.heldout_classes, c.split.num_heldout_classes = (), 10
+    c.model.backbone = "conv4"
+    c.sampler.classes_per_batch, c.sampler.images_per_class = 8, 4

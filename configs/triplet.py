@@ -1,4 +1,4 @@
-r"""Triplet loss with batch-hard mining on PK batches, ResNet-18 + 256-d L2-normalised embedding.
+r"""Triplet loss with online mining (batch-hard by default) on PK batches, ResNet-18 + 256-d L2-normalised embedding.
 
 Default data: scikit-learn's bundled digits; classes 0-5 train, 6-9 are held out (support/query).
 
@@ -16,6 +16,14 @@ also written to runs/triplet/metrics.json. Six base classes are too few for the 
 beat a random network on the four unseen digits (docs/results.md); on Omniglot it does. Re-running the
 same command resumes from the latest checkpoint.
 
+On Omniglot (30 Korean characters train, 10 unseen are held out; Conv-4 at 28x28), in about 28 s:
+
+    python launch.py --config=configs/triplet.py:omniglot --workdir=runs/triplet-omniglot
+
+    final held-out mAP 0.9490 (at initialisation 0.3571) over 100 queries
+    4-way 1-shot 1-NN accuracy 0.9785 +- 0.0084 (50 episodes; 0.5250 at initialisation)
+    4-way 5-shot 1-NN accuracy 0.9910 +- 0.0044 (50 episodes; 0.6480 at initialisation)
+
 Your own images (root/<class>/*.jpg), 20 classes held out at random:
 
     python launch.py --config=configs/triplet.py --workdir=runs/mine \
@@ -29,12 +37,17 @@ import ml_collections
 from configs import common
 
 
-def get_config():
-    c = common.get_config()
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+    c = common.get_config(variant)
     c.loss = ml_collections.ConfigDict()
-    c.loss.name = "batch_hard_triplet"
+    c.loss.name = "triplet"
     c.loss.margin = 0.2
-    c.loss.squared = False  # Euclidean (not squared) distances, as in Hermans et al.
+    # batch_hard (Hermans et al. 2017) | batch_all | semi_hard (Schroff et al. 2015) | top_fraction (the
+    # study: the top_fraction highest triplet losses of the batch); sampler.kind='triplets' trains on
+    # random triplets from the data layer instead of mining a PK batch.
+    c.loss.miner = "batch_hard"
+    c.loss.top_fraction = 0.5
+    c.loss.metric = "euclidean"  # euclidean (Hermans et al.) | squared (the study, FaceNet) | cosine
     c.train.num_epochs = 12
     c.optim.decay_every_epochs = 8
     return c

@@ -29,7 +29,7 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
     return module.get_config(variant) if variant else module.get_config()
 
 
-def _override_problem(config: ml_collections.ConfigDict, key: str) -> str | None:
+def override_problem(config: ml_collections.ConfigDict, key: str) -> str | None:
     node, walked = config, []
     for part in key.split("."):
         if not isinstance(node, ml_collections.ConfigDict) or part not in node:
@@ -66,7 +66,7 @@ def explain_flag_error(argv: list[str], error: Exception) -> str:
         config = load_config_file(spec)
         overrides = [a[len("--config."):].partition("=")[::2] for a in argv if a.startswith("--config.")]
         for key, _ in overrides:
-            problem = _override_problem(config, key)
+            problem = override_problem(config, key)
             if problem:
                 return problem
         for key, value in overrides:

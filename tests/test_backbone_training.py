@@ -11,8 +11,8 @@ from configs import triplet
 from navee_jax.data.pipeline import train_batches
 from navee_jax.data.sources import digits_catalogue
 from navee_jax.models import build_model
-from navee_jax.train.loop import make_loss_fn
-from navee_jax.train.sharding import make_mesh, replicated, shard_batch
+from navee_jax.train.objectives import make_objective
+from navee_jax.train.sharding import make_mesh, replicated, shard_step_batch
 from navee_jax.train.step import image_normalizer, init_train_state, make_train_step
 
 # (backbone, width, image size, extra model / data settings, Adam lr, steps): the smallest inputs each
@@ -44,12 +44,12 @@ def _losses(cfg, steps: int, lr: float = 1e-3) -> tuple[list[float], object]:
     mesh, tx = make_mesh(), optax.adam(lr)
     graphdef, _, state = init_train_state(build_model(cfg.model, nnx.Rngs(0), cfg.data.image_size), tx)
     prepare = image_normalizer(cfg.data, cfg.model.in_channels)
-    step = make_train_step(graphdef, tx, make_loss_fn(cfg.loss), mesh, prepare)
+    step = make_train_step(graphdef, tx, make_objective(cfg, cat.labels).loss, mesh, prepare)
     state = jax.device_put(state, replicated(mesh))
-    images, labels = shard_batch((batch["images"], batch["labels"]), mesh)
+    batch = shard_step_batch(batch, mesh)
     losses = []
     for _ in range(steps):
-        state, metrics = step(state, images, labels)
+        state, metrics = step(state, batch)
         losses.append(float(metrics["loss"]))
     return losses, state
 

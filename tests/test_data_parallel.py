@@ -16,8 +16,8 @@ SCRIPT = textwrap.dedent("""
     from navee_jax.data.pipeline import train_batches
     from navee_jax.data.sources import digits_catalogue
     from navee_jax.models import build_model
-    from navee_jax.train.loop import make_loss_fn
-    from navee_jax.train.sharding import make_mesh, replicated, shard_batch
+    from navee_jax.train.objectives import make_objective
+    from navee_jax.train.sharding import make_mesh, replicated, shard_step_batch
     from navee_jax.train.step import image_normalizer, init_train_state, make_train_step
 
     assert len(jax.devices()) == 4, jax.devices()
@@ -33,11 +33,12 @@ SCRIPT = textwrap.dedent("""
         graphdef, _, state = init_train_state(build_model(cfg.model, nnx.Rngs(0), cfg.data.image_size), tx)
         state = jax.device_put(state, replicated(mesh))
         initial_params = jax.device_get(state.params)  # the step donates (deletes) its input state
-        images, labels = shard_batch((batch["images"], batch["labels"]), mesh)
+        step_batch = shard_step_batch(batch, mesh)
+        images = step_batch["images"]
         assert len(images.sharding.device_set) == len(devices)
         assert images.addressable_shards[0].data.shape[0] == 16 // len(devices)
-        new_state, metrics = make_train_step(graphdef, tx, make_loss_fn(cfg.loss), mesh, image_normalizer(cfg.data))(
-            state, images, labels)
+        step = make_train_step(graphdef, tx, make_objective(cfg, cat.labels).loss, mesh, image_normalizer(cfg.data))
+        new_state, metrics = step(state, step_batch)
         assert len(new_state.params["head"]["kernel"].sharding.device_set) == len(devices)
         results.append((jax.device_get(metrics), jax.device_get(new_state)))
     (m1, s1), (m4, s4) = results

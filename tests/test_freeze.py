@@ -11,8 +11,8 @@ from navee_jax.data.pipeline import train_batches
 from navee_jax.data.sources import digits_catalogue
 from navee_jax.errors import UserError
 from navee_jax.models import build_model
-from navee_jax.train.loop import make_loss_fn
-from navee_jax.train.sharding import make_mesh, replicated, shard_batch
+from navee_jax.train.objectives import make_objective
+from navee_jax.train.sharding import make_mesh, replicated, shard_step_batch
 from navee_jax.train.step import image_normalizer, init_train_state, make_train_step
 
 FROZEN = ("conv1", "bn1", "layer1", "layer2.0")
@@ -37,10 +37,10 @@ def test_frozen_stages_are_bit_identical_after_training_and_the_rest_moves():
     mesh, tx = make_mesh(), optax.adamw(1e-2, weight_decay=0.1)  # decay would move frozen weights if it saw them
     graphdef, _, state = init_train_state(_model(cfg), tx, frozen_stages=FROZEN)
     before = _leaves_by_path(state.params, state.model_state)
-    step = make_train_step(graphdef, tx, make_loss_fn(cfg.loss), mesh, image_normalizer(cfg.data), FROZEN)
+    step = make_train_step(graphdef, tx, make_objective(cfg, cat.labels).loss, mesh, image_normalizer(cfg.data), FROZEN)
     state = jax.device_put(state, replicated(mesh))
     for batch in train_batches(cat, np.flatnonzero(cat.labels < 6), cfg, 0, 3):
-        state, _ = step(state, *shard_batch((batch["images"], batch["labels"]), mesh))
+        state, _ = step(state, shard_step_batch(batch, mesh))
     after = _leaves_by_path(state.params, state.model_state)
     assert before.keys() == after.keys()
     prefixes = ("['backbone']['conv1']", "['backbone']['bn1']", "['backbone']['layer1']", "['backbone']['layer2'][0]")

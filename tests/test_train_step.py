@@ -8,8 +8,8 @@ from configs import triplet
 from navee_jax.data.pipeline import train_batches
 from navee_jax.data.sources import digits_catalogue
 from navee_jax.models import build_model
-from navee_jax.train.loop import make_loss_fn
-from navee_jax.train.sharding import make_mesh, replicated, shard_batch
+from navee_jax.train.objectives import make_objective
+from navee_jax.train.sharding import make_mesh, replicated, shard_batch, shard_step_batch
 from navee_jax.train.step import image_normalizer, init_train_state, make_embed_fn, make_train_step
 
 
@@ -26,9 +26,8 @@ def test_batchnorm_statistics_update_unless_frozen(frozen):
     mesh, tx = make_mesh(), optax.adam(1e-2)
     graphdef, _, state = init_train_state(_model(cfg), tx, frozen_batchnorm=frozen)
     before = jax.device_get(state)
-    step = make_train_step(graphdef, tx, make_loss_fn(cfg.loss), mesh, image_normalizer(cfg.data))
-    images, labels = shard_batch((batch["images"], batch["labels"]), mesh)
-    after, metrics = step(jax.device_put(state, replicated(mesh)), images, labels)
+    step = make_train_step(graphdef, tx, make_objective(cfg, cat.labels).loss, mesh, image_normalizer(cfg.data))
+    after, metrics = step(jax.device_put(state, replicated(mesh)), shard_step_batch(batch, mesh))
     after = jax.device_get(after)
     stats_moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before.model_state),
                                                             jax.tree.leaves(after.model_state))]

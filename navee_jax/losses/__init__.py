@@ -1,6 +1,54 @@
-"""Metric-learning losses built on shared pairwise distances and label masks."""
+"""Metric-learning losses built on shared pairwise distances and label masks.
 
-from navee_jax.losses.distances import pairwise_distances, same_label_mask
-from navee_jax.losses.triplet import batch_hard_triplet_loss
+Every loss is a pure jnp function returning (loss, aux), aux a dict of scalar diagnostics.
+"""
 
-__all__ = ["pairwise_distances", "same_label_mask", "batch_hard_triplet_loss"]
+from navee_jax.losses.contrastive import contrastive_batch_loss, contrastive_pair_loss
+from navee_jax.losses.distances import (
+    METRICS,
+    cosine_similarity,
+    l2_normalize,
+    masked_mean,
+    negative_mask,
+    paired_distances,
+    pairwise_distances,
+    positive_mask,
+    same_label_mask,
+    top_fraction_mask,
+    triplet_mask,
+)
+from navee_jax.losses.multi_similarity import multi_similarity_loss, multi_similarity_mining
+from navee_jax.losses.protonet import batched_prototypical_loss, prototypical_loss
+from navee_jax.losses.proxy_anchor import init_proxies, proxy_anchor_loss
+from navee_jax.losses.triplet import (
+    MINERS,
+    mine_triplets,
+    sampled_triplet_loss,
+    triplet_loss,
+)
+
+__all__ = [
+    "METRICS",
+    "MINERS",
+    "batched_prototypical_loss",
+    "contrastive_batch_loss",
+    "contrastive_pair_loss",
+    "cosine_similarity",
+    "init_proxies",
+    "l2_normalize",
+    "masked_mean",
+    "mine_triplets",
+    "multi_similarity_loss",
+    "multi_similarity_mining",
+    "negative_mask",
+    "paired_distances",
+    "pairwise_distances",
+    "positive_mask",
+    "prototypical_loss",
+    "proxy_anchor_loss",
+    "same_label_mask",
+    "sampled_triplet_loss",
+    "top_fraction_mask",
+    "triplet_loss",
+    "triplet_mask",
+]

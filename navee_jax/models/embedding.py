@@ -4,12 +4,9 @@ optional L2 norm."""
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
-
-def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps))
+from navee_jax.losses.distances import l2_normalize
 
 
 class EmbeddingNet(nnx.Module):

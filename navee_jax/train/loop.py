@@ -14,16 +14,15 @@ import optax
 from flax import nnx
 
 from navee_jax.data.catalogue import Catalogue
-from navee_jax.data.pipeline import train_batches
 from navee_jax.data.sources import load_catalogue
 from navee_jax.data.splits import Split, make_split, write_split
 from navee_jax.errors import UserError
 from navee_jax.evaluate.heldout import HeldoutEvaluator
-from navee_jax.losses import batch_hard_triplet_loss
 from navee_jax.models import build_model
 from navee_jax.train.checkpoints import Checkpoints
 from navee_jax.train.progress import Progress
-from navee_jax.train.sharding import check_divisible, make_mesh, replicated, shard_batch
+from navee_jax.train.objectives import epoch_batches, images_per_step, make_objective
+from navee_jax.train.sharding import check_divisible, make_mesh, replicated, shard_step_batch
 from navee_jax.train.step import image_normalizer, init_train_state, make_embed_fn, make_train_step
 
 # Below this embedding spread (see train.step.embedding_spread) the run is reported as collapsed.
@@ -32,12 +31,6 @@ COLLAPSE_SPREAD = 1e-2
 # Config sections (and keys) a checkpoint depends on: resuming with any of them changed is refused.
 _RESUME_MUST_MATCH = ("seed", "data", "split", "model", "loss", "sampler")
 _RESUME_MUST_MATCH_KEYS = ("train.steps_per_epoch",)  # epoch <-> step bookkeeping
-
-
-def make_loss_fn(cfg: ml_collections.ConfigDict):
-    if cfg.name == "batch_hard_triplet":
-        return lambda emb, labels: batch_hard_triplet_loss(emb, labels, cfg.margin, cfg.squared)
-    raise UserError(f"loss.name: unknown loss {cfg.name!r}; available: 'batch_hard_triplet'")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -88,8 +81,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     catalogue, split = _prepare_data(config)
 
     mesh = make_mesh()
-    batch_size = config.sampler.classes_per_batch * config.sampler.images_per_class
-    check_divisible(batch_size, mesh, "sampler.classes_per_batch * sampler.images_per_class")
+    objective = make_objective(config, catalogue.labels[split.train])
+    batch_size = images_per_step(config)
+    check_divisible(batch_size, mesh, f"the images per {config.sampler.kind} batch")
     check_divisible(config.eval.batch_size, mesh, "eval.batch_size")
     steps_per_epoch = config.train.steps_per_epoch or math.ceil(len(split.train) / batch_size)
     num_epochs = config.train.num_epochs
@@ -98,12 +92,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         config.optim.lr, transition_steps=max(1, config.optim.decay_every_epochs * steps_per_epoch),
         decay_rate=config.optim.decay_factor, staircase=True)
     tx = optax.adamw(schedule, weight_decay=config.optim.weight_decay)
+    # The loss's own parameters (proxies) learn at loss.params_lr_multiplier x the schedule, no decay.
+    loss_tx = optax.adam(lambda count: schedule(count) * config.loss.get("params_lr_multiplier", 1.0))
     model = build_model(config.model, nnx.Rngs(config.seed), config.data.image_size)
     frozen = tuple(config.model.frozen_stages)
-    graphdef, eval_graphdef, state = init_train_state(model, tx, config.model.frozen_batchnorm, frozen)
+    graphdef, eval_graphdef, state = init_train_state(model, tx, config.model.frozen_batchnorm, frozen,
+                                                      objective.init_params(jax.random.key(config.seed)), loss_tx)
     state = jax.device_put(state, replicated(mesh))
     prepare = image_normalizer(config.data, config.model.in_channels)
-    train_step = make_train_step(graphdef, tx, make_loss_fn(config.loss), mesh, prepare, frozen)
+    train_step = make_train_step(graphdef, tx, objective.loss, mesh, prepare, frozen, loss_tx)
     evaluate = HeldoutEvaluator(catalogue, split, config, make_embed_fn(eval_graphdef, mesh, prepare), mesh)
 
     os.makedirs(workdir, exist_ok=True)
@@ -130,10 +127,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         train_start, result = time.perf_counter(), None
         for epoch in range(start_epoch, num_epochs):
             pending, loss_sum = [], 0.0
-            batches = train_batches(catalogue, split.train, config, epoch, steps_per_epoch,
-                                    jax.process_index(), jax.process_count())
-            for i, batch in enumerate(batches):
-                state, metrics = train_step(state, *shard_batch((batch["images"], batch["labels"]), mesh))
+            for i, batch in enumerate(epoch_batches(catalogue, split.train, config, epoch, steps_per_epoch)):
+                state, metrics = train_step(state, shard_step_batch(batch, mesh))
                 pending.append(metrics)
                 step = epoch * steps_per_epoch + i + 1
                 if step % config.train.log_every == 0 or i + 1 == steps_per_epoch:

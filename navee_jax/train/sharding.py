@@ -38,3 +38,11 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
     """Host arrays (this process's share of the global batch) -> global arrays sharded on `data`."""
     sharding = batch_sharded(mesh)
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+
+
+def shard_step_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """A train step's batch: `images` and every array of the same length sharded on `data` (this
+    process's share), arrays of another length (an episode's support labels) replicated."""
+    n = len(batch["images"])
+    return {k: jax.make_array_from_process_local_data(batch_sharded(mesh) if len(v) == n else replicated(mesh), v)
+            for k, v in batch.items()}

@@ -16,7 +16,8 @@ from navee_jax.errors import UserError
 from navee_jax.models.stages import freeze_stages, trainable_filter
 from navee_jax.train.sharding import batch_sharded, replicated
 
-LossFn = Callable[[jax.Array, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
+# (embeddings shaped like the batch's leading image axes, the batch, the loss's own parameters) -> (loss, aux)
+LossFn = Callable[[jax.Array, dict[str, jax.Array], dict[str, jax.Array]], tuple[jax.Array, dict[str, jax.Array]]]
 Prepare = Callable[[jax.Array], jax.Array]
 
 
@@ -47,16 +48,21 @@ class TrainState:
     params: nnx.State  # trainable (nnx.Param outside frozen stages)
     model_state: nnx.State  # everything else: BatchNorm running statistics, frozen stages' parameters
     opt_state: optax.OptState
+    loss_params: dict[str, jax.Array]  # the loss's learned parameters (proxy-anchor's proxies), else {}
+    loss_opt_state: optax.OptState  # their optimizer, with its own learning rate
 
 
 def init_train_state(model: nnx.Module, tx: optax.GradientTransformation, frozen_batchnorm: bool = False,
-                     frozen_stages: tuple[str, ...] = ()) -> tuple[nnx.GraphDef, nnx.GraphDef, TrainState]:
+                     frozen_stages: tuple[str, ...] = (), loss_params: dict[str, jax.Array] | None = None,
+                     loss_tx: optax.GradientTransformation | None = None
+                     ) -> tuple[nnx.GraphDef, nnx.GraphDef, TrainState]:
     """(train-mode graphdef, eval-mode graphdef, state). The model object is not used afterwards.
 
     With `frozen_batchnorm`, training also normalises with the stored statistics and never updates
     them (BatchNorm's scale and bias still train), as deep metric learning usually does: a PK batch
     of a few classes gives biased batch statistics. `frozen_stages` (see models.stages) neither train
     nor update their statistics: their parameters live in `model_state`, beside the statistics.
+    `loss_params` train with `loss_tx` (the same `tx` if not given).
     """
     model.eval()
     eval_graphdef = nnx.graphdef(model)
@@ -64,7 +70,9 @@ def init_train_state(model: nnx.Module, tx: optax.GradientTransformation, frozen
         model.train()
     freeze_stages(model, frozen_stages)
     graphdef, params, model_state = nnx.split(model, trainable_filter(frozen_stages), ...)
-    state = TrainState(jnp.zeros((), jnp.int32), params, model_state, tx.init(params))
+    loss_params = loss_params or {}
+    state = TrainState(jnp.zeros((), jnp.int32), params, model_state, tx.init(params), loss_params,
+                       (loss_tx or tx).init(loss_params))
     return graphdef, eval_graphdef, state
 
 
@@ -74,30 +82,45 @@ def embedding_spread(embeddings: jax.Array) -> jax.Array:
     return jnp.linalg.norm(centred, axis=1).mean() / (jnp.linalg.norm(embeddings, axis=1).mean() + 1e-12)
 
 
-def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_fn: LossFn, mesh: Mesh,
-                    prepare: Prepare | None = None, frozen_stages: tuple[str, ...] = ()):
-    """(state, images, labels) -> (state, metrics), jitted with the batch sharded over `mesh`; `prepare`
-    (e.g. `image_normalizer`) turns the input batch into the model's input inside the jit;
-    `frozen_stages` must be those given to `init_train_state`."""
-    trainable = trainable_filter(frozen_stages)
+def _embed_batch(model: nnx.Module, images: jax.Array, prepare: Prepare | None) -> jax.Array:
+    """Embeddings of images with any leading axes ((B,), (n, 2), ...), shaped (*leading, d)."""
+    flat = images.reshape((-1,) + images.shape[-3:])
+    embeddings = model(prepare(flat) if prepare else flat)
+    return embeddings.reshape(images.shape[:-3] + embeddings.shape[-1:])
 
-    def step(state: TrainState, images: jax.Array, labels: jax.Array):
-        def compute_loss(params):
+
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_fn: LossFn, mesh: Mesh,
+                    prepare: Prepare | None = None, frozen_stages: tuple[str, ...] = (),
+                    loss_tx: optax.GradientTransformation | None = None):
+    """(state, batch) -> (state, metrics), jitted; `batch` holds `images` (any leading axes, sharded on
+    the mesh: see sharding.shard_step_batch) and whatever the loss reads (labels, pair flags, ...).
+    `prepare` (e.g. `image_normalizer`) turns the images into the model's input inside the jit;
+    `frozen_stages` and `loss_tx` must be those given to `init_train_state`."""
+    trainable = trainable_filter(frozen_stages)
+    loss_tx = loss_tx or tx
+
+    def step(state: TrainState, batch: dict[str, jax.Array]):
+        def compute_loss(params, loss_params):
             # Fresh Variable objects for this trace: NNX refuses to update BatchNorm statistics
             # held by Variables that were created in an enclosing trace.
             model = nnx.merge(graphdef, params, jax.tree.map(lambda x: x, state.model_state))
-            embeddings = model(prepare(images) if prepare else images)
-            loss, aux = loss_fn(embeddings, labels)
-            return loss, ({**aux, "spread": embedding_spread(embeddings)}, nnx.state(model, nnx.Not(trainable)))
+            embeddings = _embed_batch(model, batch["images"], prepare)
+            loss, aux = loss_fn(embeddings, batch, loss_params)
+            spread = embedding_spread(embeddings.reshape(-1, embeddings.shape[-1]))
+            return loss, ({**aux, "spread": spread}, nnx.state(model, nnx.Not(trainable)))
 
-        (loss, (aux, model_state)), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
+        grad_fn = jax.value_and_grad(compute_loss, argnums=(0, 1), has_aux=True)
+        (loss, (aux, model_state)), (grads, loss_grads) = grad_fn(state.params, state.loss_params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        loss_updates, loss_opt_state = loss_tx.update(loss_grads, state.loss_opt_state, state.loss_params)
+        loss_params = optax.apply_updates(state.loss_params, loss_updates)
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
-        return TrainState(state.step + 1, params, model_state, opt_state), metrics
+        new_state = TrainState(state.step + 1, params, model_state, opt_state, loss_params, loss_opt_state)
+        return new_state, metrics
 
-    repl, data = replicated(mesh), batch_sharded(mesh)
-    return jax.jit(step, in_shardings=(repl, data, data), out_shardings=(repl, repl), donate_argnums=0)
+    # The batch's shardings come with its arrays (images on `data`, small metadata replicated).
+    return jax.jit(step, out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=0)
 
 
 def make_embed_fn(eval_graphdef: nnx.GraphDef, mesh: Mesh,
