@@ -3,8 +3,11 @@ r"""Train and evaluate a few-shot embedding: the one entry point for every metho
     python launch.py --config=configs/triplet.py[:variant] --workdir=runs/triplet [--config.a.b=value ...]
     python launch.py --config=... --workdir=runs/sweep --sweep="optim.lr=[5e-5, 1e-4]" [--sweep=...]
 
+    python launch.py --config=... --workdir=runs/triplet --mode=evaluate [--checkpoint=best|latest|<step>]
+
 With --sweep, every setting of the grid trains into its own sub-workdir and a table of the best
-held-out mAP per setting ends the run (navee_jax.train.sweep).
+held-out mAP per setting ends the run (navee_jax.train.sweep). --mode=evaluate evaluates the workdir's
+checkpoint beside the initial network and pixel baselines into <workdir>/report/ (navee_jax.evaluate.run).
 
 Bad input (unknown config key, wrong type, missing data, incompatible checkpoint, NaN loss) ends
 with one line on stderr naming the culprit, and exit status 2.
@@ -22,6 +25,8 @@ from navee_jax.cli import fail, parse_flags  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. configs/triplet.py[:variant].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and TensorBoard logs (default runs/<config>).")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate"], "Train (and evaluate), or only evaluate.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "--mode=evaluate: best, latest or a saved step.")
 _SWEEP = flags.DEFINE_multi_string("sweep", [], "key=[v1, v2, ...]: train every setting of the grid of these "
                                    "overrides into <workdir>/<setting>/ and tabulate held-out mAP.")
 
@@ -40,7 +45,11 @@ def main(argv: list[str]) -> None:
     from navee_jax.train.sweep import parse_sweep, run_sweep
 
     try:
-        if _SWEEP.value:
+        if _MODE.value == "evaluate":
+            from navee_jax.evaluate.run import evaluate_run
+
+            evaluate_run(config, workdir, _CHECKPOINT.value)
+        elif _SWEEP.value:
             run_sweep(config, workdir, parse_sweep(_SWEEP.value, config), train_and_evaluate)
         else:
             train_and_evaluate(config, workdir)

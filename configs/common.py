@@ -105,7 +105,15 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.eval.ways = 4
     c.eval.shots = (1, 5)
     c.eval.queries_per_class = 15
-    c.eval.episodes = 50
+    c.eval.episodes = 50  # per N-way K-shot setting (and per grid cell in --mode=evaluate)
+    # --mode=evaluate (navee_jax.evaluate.run): the N x K grid (1-NN), the standard 5-way 1-/5-shot protocol
+    # with each classifier (1nn | knn | prototype | logreg | mlp), and the baselines beside the network
+    c.eval.grid_ways = (2, 5, 10, 20, 50)
+    c.eval.grid_shots = (1, 2, 3, 5, 10)
+    c.eval.standard_episodes = 600
+    c.eval.classifiers = ("1nn", "prototype", "logreg")
+    c.eval.baselines = ("raw pixels", "HOG")
+    c.eval.metric = "euclidean"  # retrieval distance: euclidean | cosine
     if variant == "omniglot":
         _omniglot(c)
     return c

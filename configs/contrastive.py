@@ -15,7 +15,8 @@ runs in about 29 s on 2 CPU cores and ends with
     4-way 5-shot 1-NN accuracy 0.7415 +- 0.0364 (50 episodes; 0.6935 at initialisation)
 
 The study's learning rate is slow for so short a run: `--sweep="optim.lr=[5e-5, 1e-3]"` gives the
-best held-out mAP 0.4742 and 0.5240 (docs/results.md). `--config.sampler.kind=pk` applies the same loss to all pairs of PK batches instead of sampled pairs.
+best held-out mAP 0.4742 and 0.5240 (docs/results.md). `--config.sampler.kind=pk` applies the same loss
+to all pairs of PK batches instead of sampled pairs.
 """
 
 import ml_collections

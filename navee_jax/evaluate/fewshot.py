@@ -1,76 +1,244 @@
-"""N-way K-shot episodes on held-out embeddings, classified by 1-nearest-neighbour."""
+"""N-way K-shot episodes on held-out embeddings: the (N, K) grid and the standard 600-episode protocol.
+
+Episodes are index sets into a support pool and a query pool of embeddings. They are sampled with a seeded
+numpy generator (deterministic for a given seed; each (N, K) cell has its own stream, so a cell's episodes do
+not depend on which other cells are evaluated, and all classifiers but the MLP, whose eligibility rule differs,
+see the same episodes), then every cell is classified in one jitted call vmapped over
+its episodes (`navee_jax.evaluate.classifiers`).
+
+Definitions:
+
+* A class can appear in an episode of K shots if it has >= K support images and >= 1 query image (>= 2 for
+  the MLP, which needs validation queries). A cell needs N such classes; otherwise it is skipped, and the
+  report says why.
+* Each episode draws N distinct eligible classes uniformly, K support images per class without replacement,
+  and up to Q query images per class, Q = min(`queries`, the most query images any eligible class has). A class
+  with fewer than Q query images uses all of them; the remaining slots are padding, masked out of the accuracy,
+  so every episode of a cell has the same static shape.
+* An episode's accuracy is the fraction of its (unpadded) queries classified correctly; a cell reports the
+  mean over episodes and the 95% half-width 1.96 * std / sqrt(E), std with ddof=1 (NaN for one episode).
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
+from functools import partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from navee_jax.evaluate import classifiers
+from navee_jax.evaluate.classifiers import MLPSearch
 from navee_jax.losses.distances import pairwise_distances
+
+CLASSIFIERS = ("1nn", "knn", "prototype", "logreg", "mlp")
 
 
 @dataclasses.dataclass(frozen=True)
 class Episodes:
-    """Indices into the support / query embedding arrays; labels are episode-local (0..N-1)."""
+    """E episodes of one cell. Indices point into the support / query pools; labels are episode-local.
 
+    Support slots are class-major: class j of the episode owns slots j*K .. j*K+K-1 (and query slots
+    j*Q .. j*Q+Q-1), so local label j is the j-th class drawn.
+    """
+
+    classes: np.ndarray  # (E, N) pool labels of the classes drawn
     support: np.ndarray  # (E, N*K)
-    support_labels: np.ndarray
-    query: np.ndarray  # (E, N*Q)
-    query_labels: np.ndarray
+    support_labels: np.ndarray  # (E, N*K) in 0..N-1
+    query: np.ndarray  # (E, N*Q); padding slots hold index 0
+    query_labels: np.ndarray  # (E, N*Q)
+    query_mask: np.ndarray  # (E, N*Q) False on padding slots
 
 
-def sample_episodes(support_labels: np.ndarray, query_labels: np.ndarray, ways: int, shots: int,
-                    queries: int, num_episodes: int, seed: int) -> Episodes:
-    """Seeded episodes: N classes, K support images (from the support set), Q queries each."""
-    rng = np.random.default_rng([seed, 3, ways, shots])
-    classes = np.unique(support_labels)
-    s_by_c = {c: np.flatnonzero(support_labels == c) for c in classes}
-    q_by_c = {c: np.flatnonzero(query_labels == c) for c in classes}
-    s, q = [], []
-    for _ in range(num_episodes):
-        chosen = rng.choice(classes, size=ways, replace=False)
-        s.append(np.concatenate([rng.choice(s_by_c[c], shots, replace=False) for c in chosen]))
-        q.append(np.concatenate([rng.choice(q_by_c[c], queries, replace=False) for c in chosen]))
+def _by_class(labels: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(table (C, max count) of pool indices padded with 0, counts (C,)) for each class in `classes`."""
+    order = np.argsort(labels, kind="stable")
+    grouped = labels[order]
+    start = np.searchsorted(grouped, classes, side="left")
+    counts = np.searchsorted(grouped, classes, side="right") - start
+    column = np.arange(max(int(counts.max(initial=0)), 1))
+    position = np.minimum(start[:, None] + column, len(order) - 1)
+    return np.where(column < counts[:, None], order[position], 0), counts
+
+
+def eligible_classes(support_labels: np.ndarray, query_labels: np.ndarray, shots: int,
+                     min_queries: int = 1) -> np.ndarray:
+    """Sorted classes with >= `shots` support images and >= `min_queries` query images."""
+    s_cls, s_cnt = np.unique(support_labels, return_counts=True)
+    q_cls, q_cnt = np.unique(query_labels, return_counts=True)
+    at = np.minimum(np.searchsorted(q_cls, s_cls), max(len(q_cls) - 1, 0))
+    q_count = np.where(q_cls[at] == s_cls, q_cnt[at], 0) if len(q_cls) else np.zeros_like(s_cnt)
+    return s_cls[(s_cnt >= shots) & (q_count >= min_queries)]
+
+
+def _draw(rng: np.random.Generator, table: np.ndarray, counts: np.ndarray, chosen: np.ndarray,
+          take: int) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, valid) of `take` draws without replacement from each chosen class's images, shape (E, N, take).
+
+    Ranking i.i.d. uniform keys (padding keyed last) draws a uniformly random subset in random order. Keys of
+    real images never tie (with probability 1), so any correct sort gives the same, reproducible order.
+    """
+    keys = rng.random((*chosen.shape, table.shape[1]))
+    keys[np.arange(table.shape[1]) >= counts[chosen][..., None]] = 2.0
+    pick = np.argsort(keys, axis=-1)[..., :take]
+    return table[chosen[..., None], pick], np.arange(take) < counts[chosen][..., None]
+
+
+def sample_episodes(support_labels: np.ndarray, query_labels: np.ndarray, ways: int, shots: int, queries: int,
+                    num_episodes: int, seed: int, min_queries: int = 1) -> Episodes:
+    """Seeded N-way K-shot episodes with up to Q queries per class (see the module docstring).
+
+    Raises ValueError if fewer than `ways` classes are eligible (`eligible_classes`).
+    """
+    classes = eligible_classes(support_labels, query_labels, shots, min_queries)
+    if len(classes) < ways:
+        raise ValueError(f"{ways}-way {shots}-shot needs {ways} classes with >= {shots} support and "
+                         f">= {min_queries} query images; {len(classes)} classes qualify")
+    s_table, s_counts = _by_class(support_labels, classes)
+    q_table, q_counts = _by_class(query_labels, classes)
+    q = min(queries, int(q_counts.max()))
+    rng = np.random.default_rng([seed, ways, shots])
+    chosen = np.argsort(rng.random((num_episodes, len(classes))), axis=1)[:, :ways]
+    support, _ = _draw(rng, s_table, s_counts, chosen, shots)
+    query, valid = _draw(rng, q_table, q_counts, chosen, q)
     local = np.arange(ways)
-    return Episodes(np.stack(s), np.tile(np.repeat(local, shots), (num_episodes, 1)),
-                    np.stack(q), np.tile(np.repeat(local, queries), (num_episodes, 1)))
+    return Episodes(classes=classes[chosen], support=support.reshape(num_episodes, -1),
+                    support_labels=np.tile(np.repeat(local, shots), (num_episodes, 1)),
+                    query=np.where(valid, query, 0).reshape(num_episodes, -1),
+                    query_labels=np.tile(np.repeat(local, q), (num_episodes, 1)),
+                    query_mask=valid.reshape(num_episodes, -1))
 
 
-@jax.jit
-def _nn_accuracy(support_emb, query_emb, ep_support, ep_support_labels, ep_query, ep_query_labels):
-    def one(s_idx, s_lab, q_idx, q_lab):
-        d = pairwise_distances(query_emb[q_idx], support_emb[s_idx])
-        return jnp.mean(s_lab[jnp.argmin(d, axis=1)] == q_lab)
-
-    return jax.vmap(one)(ep_support, ep_support_labels, ep_query, ep_query_labels)
+@partial(jax.jit, static_argnames=("k", "ways"))
+def _knn_from_matrix(dist, s_idx, s_lab, q_idx, k, ways):
+    d = jax.vmap(lambda s, q: dist[q[:, None], s[None, :]])(s_idx, q_idx)
+    return classifiers.knn_from_distances(d, s_lab, k, ways)
 
 
-def episode_accuracy(support_emb: np.ndarray, query_emb: np.ndarray, episodes: Episodes) -> np.ndarray:
-    """(E,) 1-NN accuracy of each episode."""
-    return np.asarray(_nn_accuracy(support_emb, query_emb, episodes.support, episodes.support_labels,
-                                   episodes.query, episodes.query_labels))
+@partial(jax.jit, static_argnames=("k", "ways"))
+def _knn_from_embeddings(support_emb, query_emb, s_idx, s_lab, q_idx, k, ways):
+    return classifiers.knn_predict(support_emb[s_idx], s_lab, query_emb[q_idx], k, ways)
+
+
+_pairwise_squared = jax.jit(partial(pairwise_distances, metric="squared"))
+
+
+def _distance_matrix(query_emb: jax.Array, support_emb: jax.Array, chunk: int = 1024) -> jax.Array:
+    return jnp.concatenate([_pairwise_squared(query_emb[i:i + chunk], support_emb)
+                            for i in range(0, query_emb.shape[0], chunk)])
+
+
+def _summary(acc: np.ndarray) -> dict[str, float]:
+    ci = 1.96 * acc.std(ddof=1) / np.sqrt(len(acc)) if len(acc) > 1 else float("nan")
+    return {"accuracy": float(acc.mean()), "ci95": float(ci)}
+
+
+def validation_split(query_mask: np.ndarray, ways: int, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """(val, test) masks over (E, N*Q) query slots, for tuning the MLP.
+
+    Validation takes the first max(1, round(val_fraction * Q)) slots of each class (slots are in random order)
+    but always leaves a class at least one unpadded test query; the rest are test queries.
+    """
+    e, n = query_mask.shape
+    per_class = query_mask.reshape(e, ways, n // ways)
+    q = per_class.shape[2]
+    v = max(1, round(val_fraction * q))
+    limit = np.minimum(v, per_class.sum(axis=2, keepdims=True) - 1)
+    val = np.arange(q) < limit
+    return val.reshape(e, n), (per_class & ~val).reshape(e, n)
+
+
+def few_shot_grid(support_emb: np.ndarray, support_labels: np.ndarray, query_emb: np.ndarray,
+                  query_labels: np.ndarray, ways: tuple[int, ...] = (2, 5, 10, 20, 50),
+                  shots: tuple[int, ...] = (1, 2, 3, 5, 10), queries: int = 15, episodes: int = 50, seed: int = 0,
+                  classifier: str = "1nn", *, k: int = 5, C: float = 1.0, mlp: MLPSearch | None = None,
+                  max_matrix_bytes: int = 1 << 30) -> dict[str, dict[str, Any]]:
+    """Mean episode accuracy and 95% CI for every N-way K-shot cell, keyed "N-way K-shot".
+
+    A cell reports {"accuracy", "ci95", "episodes", "queries_per_class"} (the MLP adds "validation_queries",
+    "selected" and "validation_accuracy", and its accuracy counts only the other queries), or {"skipped": why}
+    when too few classes qualify or k-NN's k exceeds the N*K support images.
+
+    classifier: "1nn", "knn" (k neighbours), "prototype" (nearest class mean), "logreg" (L2 multinomial
+    logistic regression with inverse strength C) or "mlp" (PCA + MLP tuned over `mlp`). For the neighbour
+    rules, all query-to-support squared distances are computed once (chunked) when they fit in
+    `max_matrix_bytes` and gathered per episode; otherwise each episode computes its own. Either way, memory
+    per cell is about E * (N*Q) * (N*K) * 4 bytes for the episode distances.
+    """
+    if classifier not in CLASSIFIERS:
+        raise ValueError(f"unknown classifier {classifier!r}; available: {', '.join(CLASSIFIERS)}")
+    if min(ways) < 2 or min(shots) < 1 or queries < 1 or episodes < 1:
+        raise ValueError(f"need ways >= 2, shots >= 1, queries >= 1 and episodes >= 1; got ways={ways}, "
+                         f"shots={shots}, queries={queries}, episodes={episodes}")
+    mlp = mlp or MLPSearch()
+    neighbours = {"1nn": 1, "knn": k}.get(classifier)
+    support_np, query_np = np.asarray(support_emb, np.float32), np.asarray(query_emb, np.float32)
+    support_j, query_j = jnp.asarray(support_np), jnp.asarray(query_np)
+    dist = None
+    if neighbours is not None and len(query_np) * len(support_np) * 4 <= max_matrix_bytes:
+        dist = _distance_matrix(query_j, support_j)
+    report: dict[str, dict[str, Any]] = {}
+    for n, shot in itertools.product(ways, shots):
+        name = f"{n}-way {shot}-shot"
+        if neighbours is not None and neighbours > n * shot:
+            report[name] = {"skipped": f"k-NN with k={neighbours} needs >= {neighbours} support images; "
+                                       f"an episode has {n * shot}"}
+            continue
+        try:
+            eps = sample_episodes(support_labels, query_labels, n, shot, queries, episodes, seed,
+                                  min_queries=2 if classifier == "mlp" else 1)
+        except ValueError as e:
+            report[name] = {"skipped": str(e)}
+            continue
+        cell: dict[str, Any] = {"episodes": episodes, "queries_per_class": eps.query.shape[1] // n}
+        if classifier == "mlp":
+            val, test = validation_split(eps.query_mask, n, mlp.val_fraction)
+            acc, config, val_acc = classifiers.mlp_search(
+                support_np[eps.support], eps.support_labels, query_np[eps.query], eps.query_labels, val, test, n,
+                support_np, mlp)
+            cell.update(validation_queries=int(val.sum()), selected=dataclasses.asdict(config),
+                        validation_accuracy=val_acc)
+        else:
+            if neighbours is None:
+                pred = _predict_from_embeddings(classifier, support_j, query_j, eps, n, C)
+            elif dist is not None:
+                pred = _knn_from_matrix(dist, eps.support, eps.support_labels, eps.query, neighbours, n)
+            else:
+                pred = _knn_from_embeddings(support_j, query_j, eps.support, eps.support_labels, eps.query,
+                                            neighbours, n)
+            hits = (np.asarray(pred) == eps.query_labels) & eps.query_mask
+            acc = hits.sum(axis=1) / eps.query_mask.sum(axis=1)
+        report[name] = {**_summary(acc), **cell}
+    return report
+
+
+def _predict_from_embeddings(classifier: str, support_emb: jax.Array, query_emb: jax.Array, eps: Episodes,
+                             ways: int, C: float) -> jax.Array:
+    """(E, N*Q) predictions of one cell's episodes by nearest prototype or logistic regression."""
+    s, q = support_emb[eps.support], query_emb[eps.query]
+    if classifier == "prototype":
+        return classifiers.prototype_predict(s, eps.support_labels, q, ways)
+    w, b = classifiers.logistic_regression_fit(s, eps.support_labels, ways, C)
+    return jnp.argmax(classifiers.logistic_regression_proba(w, b, q), axis=-1)
+
+
+def standard_protocol(support_emb: np.ndarray, support_labels: np.ndarray, query_emb: np.ndarray,
+                      query_labels: np.ndarray, classifier: str = "1nn", queries: int = 15, episodes: int = 600,
+                      seed: int = 0, **options: Any) -> dict[str, dict[str, Any]]:
+    """The usual few-shot benchmark: 5-way 1-shot and 5-way 5-shot over 600 episodes, mean +- 95% CI.
+
+    `options` are passed to `few_shot_grid` (k, C, mlp, max_matrix_bytes).
+    """
+    return few_shot_grid(support_emb, support_labels, query_emb, query_labels, ways=(5,), shots=(1, 5),
+                         queries=queries, episodes=episodes, seed=seed, classifier=classifier, **options)
 
 
 def few_shot_report(support_emb: np.ndarray, support_labels: np.ndarray, query_emb: np.ndarray,
                     query_labels: np.ndarray, ways: int, shots: tuple[int, ...], queries: int,
-                    num_episodes: int, seed: int) -> dict[str, dict]:
-    """Mean accuracy and 95% confidence half-width for each K; impossible settings say why."""
-    classes = np.unique(support_labels)
-    report = {}
-    for k in shots:
-        name = f"{ways}-way {k}-shot"
-        min_s = min(int((support_labels == c).sum()) for c in classes)
-        min_q = min(int((query_labels == c).sum()) for c in classes)
-        q = min(queries, min_q)
-        if ways > len(classes) or k > min_s or q < 1:
-            report[name] = {"skipped": f"needs {ways} classes with >= {k} support and >= 1 query images; "
-                                       f"have {len(classes)} classes, min {min_s} support / {min_q} query"}
-            continue
-        eps = sample_episodes(support_labels, query_labels, ways, k, q, num_episodes, seed)
-        acc = episode_accuracy(support_emb, query_emb, eps)
-        report[name] = {"accuracy": float(acc.mean()),
-                        "ci95": float(1.96 * acc.std(ddof=1) / np.sqrt(len(acc))) if len(acc) > 1 else 0.0,
-                        "episodes": num_episodes, "queries_per_class": q}
-    return report
+                    num_episodes: int, seed: int, classifier: str = "1nn") -> dict[str, dict]:
+    """The held-out evaluator's report: one N, several K (`few_shot_grid` with a single row)."""
+    return few_shot_grid(support_emb, support_labels, query_emb, query_labels, ways=(ways,), shots=tuple(shots),
+                         queries=queries, episodes=num_episodes, seed=seed, classifier=classifier)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import time
+from typing import Callable
 
 import jax
 import ml_collections
@@ -21,9 +23,9 @@ from navee_jax.evaluate.heldout import HeldoutEvaluator
 from navee_jax.models import build_model
 from navee_jax.train.checkpoints import Checkpoints
 from navee_jax.train.progress import Progress
-from navee_jax.train.objectives import epoch_batches, images_per_step, make_objective
+from navee_jax.train.objectives import Objective, epoch_batches, images_per_step, make_objective
 from navee_jax.train.sharding import check_divisible, make_mesh, replicated, shard_step_batch
-from navee_jax.train.step import image_normalizer, init_train_state, make_embed_fn, make_train_step
+from navee_jax.train.step import TrainState, image_normalizer, init_train_state, make_embed_fn, make_train_step
 
 # Below this embedding spread (see train.step.embedding_spread) the run is reported as collapsed.
 COLLAPSE_SPREAD = 1e-2
@@ -60,7 +62,7 @@ def _write_json(path: str, obj) -> None:
     os.replace(path + ".tmp", path)
 
 
-def _prepare_data(config: ml_collections.ConfigDict) -> tuple[Catalogue, Split]:
+def prepare_data(config: ml_collections.ConfigDict) -> tuple[Catalogue, Split]:
     """Catalogue (skipped files printed one per line) and split."""
     catalogue = load_catalogue(config.data)
     for line in catalogue.skip_report():
@@ -76,18 +78,32 @@ def _prepare_data(config: ml_collections.ConfigDict) -> tuple[Catalogue, Split]:
     return catalogue, split
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains, checkpoints each epoch, evaluates on held-out classes; returns what metrics.json holds."""
-    catalogue, split = _prepare_data(config)
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """Everything a run builds from its config before training: what evaluation needs too, so that a
+    checkpoint restores into exactly the structure it was saved from."""
 
+    catalogue: Catalogue
+    split: Split
+    mesh: jax.sharding.Mesh
+    objective: Objective
+    steps_per_epoch: int
+    schedule: optax.Schedule
+    graphdef: nnx.GraphDef
+    eval_graphdef: nnx.GraphDef
+    state: TrainState  # freshly initialised (or pretrained) and replicated on the mesh
+    train_step: Callable
+    embed_fn: Callable
+
+
+def build_setup(config: ml_collections.ConfigDict) -> Setup:
+    catalogue, split = prepare_data(config)
     mesh = make_mesh()
     objective = make_objective(config, catalogue.labels[split.train])
     batch_size = images_per_step(config)
     check_divisible(batch_size, mesh, f"the images per {config.sampler.kind} batch")
     check_divisible(config.eval.batch_size, mesh, "eval.batch_size")
     steps_per_epoch = config.train.steps_per_epoch or math.ceil(len(split.train) / batch_size)
-    num_epochs = config.train.num_epochs
-    total_steps = num_epochs * steps_per_epoch
     schedule = optax.exponential_decay(
         config.optim.lr, transition_steps=max(1, config.optim.decay_every_epochs * steps_per_epoch),
         decay_rate=config.optim.decay_factor, staircase=True)
@@ -98,10 +114,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     frozen = tuple(config.model.frozen_stages)
     graphdef, eval_graphdef, state = init_train_state(model, tx, config.model.frozen_batchnorm, frozen,
                                                       objective.init_params(jax.random.key(config.seed)), loss_tx)
-    state = jax.device_put(state, replicated(mesh))
     prepare = image_normalizer(config.data, config.model.in_channels)
-    train_step = make_train_step(graphdef, tx, objective.loss, mesh, prepare, frozen, loss_tx)
-    evaluate = HeldoutEvaluator(catalogue, split, config, make_embed_fn(eval_graphdef, mesh, prepare), mesh)
+    return Setup(catalogue, split, mesh, objective, steps_per_epoch, schedule, graphdef, eval_graphdef,
+                 jax.device_put(state, replicated(mesh)),
+                 make_train_step(graphdef, tx, objective.loss, mesh, prepare, frozen, loss_tx),
+                 make_embed_fn(eval_graphdef, mesh, prepare))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains, checkpoints each epoch, evaluates on held-out classes; returns what metrics.json holds."""
+    setup = build_setup(config)
+    catalogue, split, mesh, state = setup.catalogue, setup.split, setup.mesh, setup.state
+    steps_per_epoch, schedule, train_step = setup.steps_per_epoch, setup.schedule, setup.train_step
+    num_epochs = config.train.num_epochs
+    total_steps = num_epochs * steps_per_epoch
+    evaluate = HeldoutEvaluator(catalogue, split, config, setup.embed_fn, mesh)
 
     os.makedirs(workdir, exist_ok=True)
     ckpt = Checkpoints(workdir, config.train.keep_checkpoints)

@@ -1,0 +1,165 @@
+"""`launch.py --mode=evaluate`: a trained checkpoint and the baselines, evaluated by the same code on the
+held-out classes of the config's data and split, into `workdir/report/` (report.json, report.md, figures).
+
+Feature sources: the trained embedding (`--checkpoint=best|latest|<step>`; skipped with a note when the
+workdir has none), the network at initialisation (untrained, or `model.pretrained` weights), and the
+`eval.baselines` on pixels ('raw pixels', 'HOG'). Each gets retrieval metrics (mAP, MAP@R, Recall@K),
+the N x K grid with 1-NN and the standard 5-way 1-/5-shot protocol with every `eval.classifiers`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from navee_jax.errors import UserError
+from navee_jax.evaluate import figures
+from navee_jax.evaluate.baselines import BASELINES, features_for
+from navee_jax.evaluate.fewshot import few_shot_grid, standard_protocol
+from navee_jax.evaluate.heldout import HeldoutEvaluator
+from navee_jax.evaluate.report import write_report
+from navee_jax.evaluate.retrieval import retrieval_metrics
+from navee_jax.train.checkpoints import Checkpoints
+from navee_jax.train.loop import Setup, build_setup
+
+
+def _cells(named: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """{"5-way 1-shot": cell} -> [{"ways": 5, "shots": 1, **cell}] (the report's and figures' form)."""
+    out = []
+    for name, cell in named.items():
+        ways, shots = map(int, re.match(r"(\d+)-way (\d+)-shot", name).groups())
+        out.append({"ways": ways, "shots": shots, **cell})
+    return out
+
+
+def _restore(setup: Setup, workdir: str, checkpoint: str) -> tuple[Any, str] | None:
+    """(train state, description) of `checkpoint` in `workdir`, or None when the workdir has no checkpoint."""
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        return None
+    ckpt = Checkpoints(workdir, keep_last=1_000_000)  # evaluation must never delete checkpoints
+    try:
+        steps = ckpt.manager.all_steps()
+        if not steps:
+            return None
+        if checkpoint in ("best", "latest"):
+            step = ckpt.best_step() if checkpoint == "best" else ckpt.latest_step()
+        elif checkpoint.isdigit() and int(checkpoint) in steps:
+            step = int(checkpoint)
+        else:
+            raise UserError(f"--checkpoint={checkpoint!r}: use best, latest or one of the saved steps {sorted(steps)}")
+        meta = ckpt.restore_meta(step)
+        state = ckpt.restore(step, setup.state)
+    finally:
+        ckpt.close()
+    return state, f"{checkpoint} checkpoint: step {step}, epoch {meta['epoch']}"
+
+
+def _evaluate_source(support: np.ndarray, query: np.ndarray, support_labels: np.ndarray, query_labels: np.ndarray,
+                     config: ml_collections.ConfigDict) -> dict[str, Any]:
+    e = config.eval
+    standard = []
+    for classifier in e.classifiers:
+        cells = _cells(standard_protocol(support, support_labels, query, query_labels, classifier=classifier,
+                                         queries=e.queries_per_class, episodes=e.standard_episodes, seed=config.seed))
+        standard += [{"classifier": classifier, **c} for c in cells]
+    grid = few_shot_grid(support, support_labels, query, query_labels, ways=tuple(e.grid_ways),
+                         shots=tuple(e.grid_shots), queries=e.queries_per_class, episodes=e.episodes,
+                         seed=config.seed)
+    return {"retrieval": retrieval_metrics(query, query_labels, support, support_labels, metric=e.metric),
+            "standard": standard, "grid": _cells(grid)}
+
+
+def evaluate_run(config: ml_collections.ConfigDict, workdir: str, checkpoint: str = "best") -> dict:
+    """Evaluates every feature source, writes workdir/report/{report.json, report.md, *.png}; returns results."""
+    unknown = [b for b in config.eval.baselines if b not in BASELINES]
+    if unknown:
+        raise UserError(f"eval.baselines: {unknown} unknown; available: {sorted(BASELINES)}")
+    setup = build_setup(config)
+    catalogue, split = setup.catalogue, setup.split
+    support_labels, query_labels = catalogue.labels[split.support], catalogue.labels[split.query]
+    evaluator = HeldoutEvaluator(catalogue, split, config, setup.embed_fn, setup.mesh)
+
+    networks = {}
+    restored = _restore(setup, workdir, checkpoint)
+    if restored is not None:
+        networks["trained embedding"] = (restored[0], restored[1])
+    initial = "pretrained network" if config.model.pretrained else "untrained network"
+    networks[initial] = (setup.state, f"{config.model.backbone} at initialisation")
+
+    report_dir = os.path.join(workdir, "report")
+    os.makedirs(report_dir, exist_ok=True)
+    results: dict[str, Any] = {"meta": {"dataset": catalogue.name, "checkpoint": checkpoint,
+                                        "heldout_classes": len(split.heldout_classes),
+                                        "support_images": len(split.support), "query_images": len(split.query)},
+                               "sources": {}}
+    figs: dict[str, str] = {}
+    embedded: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for name, (state, note) in networks.items():
+        emb = evaluator.embed(state)
+        embedded[name] = emb[:len(split.support)], emb[len(split.support):]
+        results["sources"][name] = {"note": note}
+    for name in config.eval.baselines:
+        extract = BASELINES[name]
+        embedded[name] = tuple(features_for(idx, catalogue, config.data, extract, config.eval.batch_size)
+                               for idx in (split.support, split.query))
+        results["sources"][name] = {"note": f"{name} features of the same images, no training"}
+
+    for name, (support, query) in embedded.items():
+        print(f"evaluate: {name}")
+        results["sources"][name].update(_evaluate_source(support, query, support_labels, query_labels, config))
+        slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+        figs[f"{name}: N-way K-shot 1-NN accuracy"] = figures.accuracy_heatmap(
+            results["sources"][name]["grid"], os.path.join(report_dir, f"grid_{slug}.png"), title=name)
+
+    main = next(iter(embedded))  # the trained embedding when there is one, else the initial network
+    support, query = embedded[main]
+    pos, neg = figures.pair_distances(np.concatenate([support, query]),
+                                      np.concatenate([support_labels, query_labels]), seed=config.seed)
+    figs[f"{main}: positive vs negative pair distances"] = figures.distance_histograms(
+        pos, neg, os.path.join(report_dir, "distances.png"), title=main)
+    names = np.array(catalogue.class_names)
+    figs[f"{main}: 2-D PCA of held-out classes"] = figures.pca_scatter(
+        query, query_labels, os.path.join(report_dir, "pca.png"), seed=config.seed,
+        class_names={int(c): names[c] for c in np.unique(query_labels)}, title=main)
+    figs[f"{main}: nearest support images of a few queries"] = _neighbour_figure(
+        catalogue, split, config, support, query, os.path.join(report_dir, "neighbours.png"))
+    history = _history(workdir)
+    if history:
+        figs["training: loss and held-out mAP per epoch"] = figures.training_curves(
+            history, os.path.join(report_dir, "training.png"))
+
+    json_path, md_path = write_report(report_dir, results, figs)
+    for name, r in results["sources"].items():
+        one_shot = next((c for c in r["standard"] if c["shots"] == 1 and "accuracy" in c), None)
+        shot = f"; 5-way 1-shot {one_shot['classifier']} {one_shot['accuracy']:.4f}" if one_shot else ""
+        print(f"{name}: mAP {r['retrieval']['map']:.4f}{shot}")
+    print(f"wrote {md_path} and {json_path}")
+    return results
+
+
+def _history(workdir: str) -> list[dict]:
+    path = os.path.join(workdir, "metrics.json")
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return json.load(f).get("history", [])
+
+
+def _neighbour_figure(catalogue, split, config, support: np.ndarray, query: np.ndarray, path: str) -> str:
+    ex = figures.nearest_neighbour_examples(query, catalogue.labels[split.query], support,
+                                            catalogue.labels[split.support], seed=config.seed)
+    from navee_jax.data.pipeline import eval_batches
+
+    def images(idx: np.ndarray) -> np.ndarray:
+        flat = idx.reshape(-1)
+        return np.concatenate(list(eval_batches(catalogue, flat, config.data, 256))).reshape(
+            idx.shape + (config.data.image_size, config.data.image_size, 3))
+
+    return figures.nearest_neighbours(images(split.query[ex["query"]]), images(split.support[ex["neighbours"]]),
+                                      ex["distances"], ex["correct"], path)
+
