@@ -111,7 +111,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.eval.grid_ways = (2, 5, 10, 20, 50)
     c.eval.grid_shots = (1, 2, 3, 5, 10)
     c.eval.standard_episodes = 600
-    c.eval.classifiers = ("1nn", "prototype", "logreg")
+    c.eval.classifiers = ("1nn", "prototype")  # logreg and mlp fit a model per episode: slower
     c.eval.baselines = ("raw pixels", "HOG")
     c.eval.metric = "euclidean"  # retrieval distance: euclidean | cosine
     if variant == "omniglot":

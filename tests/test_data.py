@@ -112,7 +112,7 @@ def _launch_on_folder(root, workdir, *extra):
                        "--config.split.num_heldout_classes=1", "--config.sampler.classes_per_batch=2",
                        "--config.sampler.images_per_class=2", "--config.model.width=4", "--config.model.embed_dim=8",
                        "--config.data.image_size=8", "--config.train.num_epochs=1", "--config.train.steps_per_epoch=1",
-                       "--config.eval.ways=1", "--config.eval.shots=(1,)", *extra], timeout=300)
+                       "--config.eval.ways=2", "--config.eval.shots=(1,)", *extra], timeout=300)
 
 
 def test_launch_reports_missing_root_in_one_line(tmp_path):

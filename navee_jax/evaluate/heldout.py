@@ -21,6 +21,11 @@ from navee_jax.train.sharding import shard_batch
 class HeldoutEvaluator:
     def __init__(self, catalogue: Catalogue, split: Split, config: ml_collections.ConfigDict,
                  embed_fn: Callable[[Any, jax.Array], jax.Array], mesh: Mesh):
+        e = config.eval
+        if e.ways < 2 or min(e.shots, default=0) < 1 or e.queries_per_class < 1 or e.episodes < 1:
+            raise UserError(f"eval: an episode needs ways >= 2, shots >= 1, queries_per_class >= 1 and episodes "
+                            f">= 1; got ways={e.ways}, shots={tuple(e.shots)}, queries_per_class="
+                            f"{e.queries_per_class}, episodes={e.episodes}")
         self.catalogue, self.config, self.embed_fn, self.mesh = catalogue, config, embed_fn, mesh
         self.images = np.concatenate([split.support, split.query])
         self.labels = catalogue.labels[self.images]
