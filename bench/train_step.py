@@ -1,23 +1,30 @@
 """One full ResNet-18 train step (forward, backward, AdamW update): navee_jax (Flax NNX / XLA) vs
 torchvision's resnet18 in PyTorch, side by side in one run, on the CPU.
 
-    python bench/train_step.py [--batch 32] [--size 112] [--steps 5] [--rounds 5] [--threads N]
+    python bench/train_step.py [--batch 32] [--size 112] [--steps 3] [--rounds 5] [--threads N]
+                               [--xla-convs eigen|default] [--also-default] [--max-seconds 150]
 
-Both sides do the same work per step on the same PK batch (8 classes x 4 images of 112x112, uint8 on the
-host, normalised with ImageNet mean/std inside the step):
+Both sides do the same work per step on the same PK batch (8 classes x 4 images of 112x112, uint8 on
+the host, normalised with ImageNet mean/std inside the step), in float32:
 
   flax   navee_jax's real train step: `make_train_step` over `build_model` (configs/triplet.py: ResNet-18
-         width 64 + Linear(512, 256) + L2 norm), batch-hard triplet loss (`make_loss_fn`), optax.adamw,
-         BatchNorm in train mode, state donated, uint8 NHWC input normalised in the jit (`image_normalizer`).
-  torch  torchvision.models.resnet18 with fc = Linear(512, 256), L2 norm, the same batch-hard triplet loss
-         written in torch, torch.optim.AdamW, train mode, uint8 NCHW input normalised in the step,
-         torch.set_num_threads(--threads).
+         width 64 + Linear(512, 256) + L2 norm), its objective (`make_objective`: triplet loss, batch-hard
+         miner, Euclidean, margin 0.2), optax.adamw, BatchNorm in train mode, the state donated, uint8 NHWC
+         images normalised inside the jit (`image_normalizer`).
+  torch  torchvision.models.resnet18 with fc = Linear(512, 256), L2 norm, the same batch-hard triplet
+         loss written in torch, torch.optim.AdamW, train mode, uint8 NCHW images normalised in the step,
+         torch.set_num_threads(--threads) (default: all cores).
 
-Each side is warmed up (XLA compile; oneDNN primitive creation) first; then `--rounds` rounds alternate
-torch / flax (`--steps` timed steps each), so a busy neighbour slows both alike. Prints a line per
-round and then, for each side, the median s/step and images/s, and the ratio torch s/step / flax s/step
-(>= 1: Flax is at least as fast). XLA_FLAGS set in the environment are honoured and printed (see
-docs/train_step.md for the ones that matter here).
+The Flax step is compiled with `--xla-convs eigen` (default): XLA:CPU's own (Eigen) convolutions instead
+of the YNNPACK ones jaxlib 0.10 uses by default (dots and reductions stay on YNNPACK), see
+docs/train_step.md; `--also-default` also times the step compiled with XLA's defaults.
+
+Each side is compiled / warmed up first; then rounds alternate the sides (`--steps` timed steps each).
+A round during which other processes used more than --quiet-cpu-s CPU seconds is marked disturbed
+and left out (two busy threads on two cores slow PyTorch's OpenMP barriers several-fold, XLA much
+less); rounds go on until `--rounds` undisturbed ones or --max-seconds. Prints a line per round, then
+the median s/step and images/s per side over the undisturbed rounds and the ratio torch s/step /
+flax s/step (>= 1: Flax is at least as fast).
 """
 
 from __future__ import annotations
@@ -30,10 +37,13 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 MARGIN, LR, WEIGHT_DECAY = 0.2, 1e-3, 1e-4
+
+# XLA:CPU compile options: YNNPACK keeps dots and reductions, convolutions go to XLA's Eigen path.
+EIGEN_CONVS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
 
 
 def make_batch(batch: int, size: int, images_per_class: int = 4) -> tuple[np.ndarray, np.ndarray]:
@@ -43,34 +53,57 @@ def make_batch(batch: int, size: int, images_per_class: int = 4) -> tuple[np.nda
     return images, labels
 
 
+def neighbour_cpu_seconds() -> float:
+    """CPU seconds used so far by everything on the machine except this process."""
+    with open("/proc/stat") as f:
+        ticks = [int(t) for t in f.readline().split()[1:9]]
+    busy = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+    mine = os.times()
+    return busy - mine.user - mine.system
+
+
 # ---------------------------------------------------------------------------------------------- flax
 
 
-def flax_step(images: np.ndarray, labels: np.ndarray):
-    """() -> None running one step of navee_jax's train step (and waiting for it)."""
+def build_flax(images: np.ndarray, labels: np.ndarray):
+    """(jitted train step, state, batch) of navee_jax's real train step: `step(state, batch)`."""
     import jax
     import optax
     from flax import nnx
 
     from configs import triplet
     from navee_jax.models import build_model
-    from navee_jax.train.loop import make_loss_fn
-    from navee_jax.train.sharding import make_mesh, replicated, shard_batch
+    from navee_jax.train.objectives import make_objective
+    from navee_jax.train.sharding import make_mesh, replicated, shard_step_batch
     from navee_jax.train.step import image_normalizer, init_train_state, make_train_step
 
-    cfg = triplet.get_config()
+    cfg = triplet.get_config()  # loss: triplet, batch_hard miner, euclidean, margin 0.2
     cfg.data.image_size = images.shape[1]
+    assert (cfg.loss.name, cfg.loss.miner, cfg.loss.metric, cfg.loss.margin) == ("triplet", "batch_hard",
+                                                                                  "euclidean", MARGIN)
+    objective = make_objective(cfg, labels)
     mesh, tx = make_mesh(), optax.adamw(LR, weight_decay=WEIGHT_DECAY)
     graphdef, _, state = init_train_state(build_model(cfg.model, nnx.Rngs(0), cfg.data.image_size), tx)
-    holder = {"state": jax.device_put(state, replicated(mesh))}
-    step = make_train_step(graphdef, tx, make_loss_fn(cfg.loss), mesh, image_normalizer(cfg.data))
-    batch = shard_batch((images, labels), mesh)
+    state = jax.device_put(state, replicated(mesh))
+    step = make_train_step(graphdef, tx, objective.loss, mesh, image_normalizer(cfg.data))
+    return step, state, shard_step_batch({"images": images, "labels": labels}, mesh)
+
+
+def flax_step(images: np.ndarray, labels: np.ndarray, compiler_options: dict | None):
+    """(run one step and wait for it, compile seconds)."""
+    import jax
+
+    step, state, batch = build_flax(images, labels)
+    t = time.perf_counter()
+    compiled = step.lower(state, batch).compile(compiler_options=compiler_options)
+    compile_s = time.perf_counter() - t
+    holder = {"state": state}
 
     def run() -> None:
-        holder["state"], metrics = step(holder["state"], *batch)
+        holder["state"], metrics = compiled(holder["state"], batch)
         jax.block_until_ready((holder["state"], metrics))
 
-    return run
+    return run, compile_s
 
 
 # --------------------------------------------------------------------------------------------- torch
@@ -92,15 +125,16 @@ def torch_step(images: np.ndarray, labels: np.ndarray, threads: int):
     std = torch.tensor(STD).view(1, 3, 1, 1)
 
     def triplet(emb: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
-        # Same formulation as navee_jax.losses.batch_hard_triplet_loss (direct differences, safe sqrt).
+        # navee_jax's batch-hard triplet loss: Euclidean distances of direct differences (sqrt with a
+        # zero gradient at 0), hardest positive / negative per anchor, mean over anchors having both.
         d2 = ((emb[:, None, :] - emb[None, :, :]) ** 2).sum(-1)
         pos = d2 > 0
         d = torch.where(pos, torch.sqrt(torch.where(pos, d2, torch.ones_like(d2))), torch.zeros_like(d2))
         same = lab[:, None] == lab[None, :]
         positive = same & ~torch.eye(len(lab), dtype=torch.bool)
         negative = ~same
-        hp = torch.where(positive, d, torch.zeros_like(d)).amax(1)
-        hn = torch.where(negative, d, torch.full_like(d, torch.finfo(d.dtype).max)).amin(1)
+        hp = torch.where(positive, d, torch.full_like(d, -torch.inf)).amax(1)
+        hn = torch.where(negative, d, torch.full_like(d, torch.inf)).amin(1)
         valid = positive.any(1) & negative.any(1)
         per = torch.where(valid, torch.relu(hp - hn + MARGIN), torch.zeros_like(hp))
         return per.sum() / valid.sum().clamp(min=1)
@@ -131,22 +165,38 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--size", type=int, default=112)
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per round and side")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per round and side")
+    parser.add_argument("--rounds", type=int, default=5, help="undisturbed rounds to collect")
+    parser.add_argument("--max-seconds", type=float, default=150.0, help="give up collecting rounds after this")
+    parser.add_argument("--quiet-cpu-s", type=float, default=0.3,
+                        help="a round is disturbed when other processes used more CPU seconds than this")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per side after compiling")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads")
+    parser.add_argument("--xla-convs", choices=("eigen", "default"), default="eigen",
+                        help="eigen: compile the Flax step with XLA's own convolutions (recommended on CPU); "
+                             "default: jaxlib's defaults (YNNPACK convolutions)")
+    parser.add_argument("--also-default", action="store_true",
+                        help="also time the Flax step compiled with jaxlib's default options")
     parser.add_argument("--only", choices=("flax", "torch"), default=None)
     args = parser.parse_args()
 
     images, labels = make_batch(args.batch, args.size)
-    sides = {}
+    sides, notes = {}, []
     if args.only != "flax":
         sides["torch"] = torch_step(images, labels, args.threads)
     if args.only != "torch":
-        t = time.perf_counter()
-        sides["flax"] = flax_step(images, labels)
-        sides["flax"]()
-        compile_s = time.perf_counter() - t
+        variants = {"flax": EIGEN_CONVS if args.xla_convs == "eigen" else None}
+        if args.also_default and args.xla_convs == "eigen":
+            variants["flax-xla-default"] = None
+        for name, options in variants.items():
+            try:
+                sides[name], compile_s = flax_step(images, labels, options)
+            except Exception as e:  # an option this jaxlib does not know: fall back to its defaults
+                if options is None:
+                    raise
+                print(f"warning: compile options {options} refused ({str(e).splitlines()[0]}); using defaults")
+                sides[name], compile_s = flax_step(images, labels, None)
+            notes.append(f"{name} compile {compile_s:.1f} s")
     for run in sides.values():
         for _ in range(args.warmup):
             run()
@@ -155,22 +205,34 @@ def main() -> None:
     import torch
 
     print(f"machine: {os.cpu_count()} CPU cores; jax {jax.__version__}, torch {torch.__version__} "
-          f"({args.threads} threads); XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+          f"({args.threads} threads); XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; flax convolutions: "
+          f"{args.xla_convs}")
     print(f"ResNet-18, batch {args.batch} ({args.batch // 4} classes x 4), {args.size}x{args.size}, float32, "
-          f"{args.steps} steps x {args.rounds} rounds" + (f"; flax compile + first step {compile_s:.1f} s"
-                                                          if "flax" in sides else ""))
+          f"{args.steps} steps x {args.rounds} rounds; " + ", ".join(notes))
     times = {name: [] for name in sides}
-    for r in range(args.rounds):
+    clean, deadline = [], time.time() + args.max_seconds
+    while sum(clean) < args.rounds and time.time() < deadline:
+        before = neighbour_cpu_seconds()
         for name, run in sides.items():
             times[name].append(time_steps(run, args.steps))
-        print(f"round {r + 1}: " + "  ".join(f"{n} {t[-1]:.3f} s/step" for n, t in times.items()), flush=True)
-    med = {n: statistics.median(t) for n, t in times.items()}
-    print(f"{'side':<8}{'s/step':>10}{'images/s':>10}")
+        others = neighbour_cpu_seconds() - before
+        clean.append(others < args.quiet_cpu_s)
+        print(f"round {len(clean)}: " + "  ".join(f"{n} {t[-1]:.3f}" for n, t in times.items())
+              + f" s/step  (other processes: {others:.1f} CPU s{'' if clean[-1] else ', disturbed'})", flush=True)
+        if not clean[-1]:
+            time.sleep(1.0)
+    keep = [i for i, c in enumerate(clean) if c]
+    if not keep:
+        print(f"warning: no undisturbed round in {args.max_seconds:.0f} s; medians over all rounds")
+        keep = list(range(len(clean)))
+    med = {n: statistics.median(t[i] for i in keep) for n, t in times.items()}
+    print(f"medians over {len(keep)} undisturbed round(s) of {len(clean)}:")
+    print(f"{'side':<18}{'s/step':>8}{'images/s':>10}")
     for n, m in med.items():
-        print(f"{n:<8}{m:>10.3f}{args.batch / m:>10.1f}")
-    if len(med) == 2:
-        print(f"ratio torch/flax time: {med['torch'] / med['flax']:.2f} (>= 1: Flax is as fast)")
-
+        print(f"{n:<18}{m:>8.3f}{args.batch / m:>10.1f}")
+    for n, m in med.items():
+        if n != "torch" and "torch" in med:
+            print(f"ratio torch/{n} time: {med['torch'] / m:.2f} (>= 1: Flax is as fast)")
 
 if __name__ == "__main__":
     main()
