@@ -17,6 +17,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from navee_jax.data.pipeline import eval_batches
 from navee_jax.errors import UserError
 from navee_jax.evaluate import figures
 from navee_jax.evaluate.baselines import BASELINES, features_for
@@ -153,8 +154,6 @@ def _history(workdir: str) -> list[dict]:
 def _neighbour_figure(catalogue, split, config, support: np.ndarray, query: np.ndarray, path: str) -> str:
     ex = figures.nearest_neighbour_examples(query, catalogue.labels[split.query], support,
                                             catalogue.labels[split.support], seed=config.seed)
-    from navee_jax.data.pipeline import eval_batches
-
     def images(idx: np.ndarray) -> np.ndarray:
         flat = idx.reshape(-1)
         return np.concatenate(list(eval_batches(catalogue, flat, config.data, 256))).reshape(
