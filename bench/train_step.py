@@ -2,7 +2,7 @@
 torchvision's resnet18 in PyTorch, side by side in one run, on the CPU.
 
     python bench/train_step.py [--batch 32] [--size 112] [--steps 3] [--rounds 5] [--threads N]
-                               [--xla-convs eigen|default] [--also-default] [--max-seconds 150]
+                               [--also-default] [--max-seconds 150]
 
 Both sides do the same work per step on the same PK batch (8 classes x 4 images of 112x112, uint8 on
 the host, normalised with ImageNet mean/std inside the step), in float32:
@@ -15,9 +15,10 @@ the host, normalised with ImageNet mean/std inside the step), in float32:
          loss written in torch, torch.optim.AdamW, train mode, uint8 NCHW images normalised in the step,
          torch.set_num_threads(--threads) (default: all cores).
 
-The Flax step is compiled with `--xla-convs eigen` (default): XLA:CPU's own (Eigen) convolutions instead
-of the YNNPACK ones jaxlib 0.10 uses by default (dots and reductions stay on YNNPACK), see
-docs/train_step.md; `--also-default` also times the step compiled with XLA's defaults.
+The Flax step is compiled with the compile options `make_train_step` uses on a CPU mesh (XLA:CPU's own
+Eigen convolutions instead of the YNNPACK ones jaxlib 0.10 uses by default; dots and reductions stay on
+YNNPACK; see navee_jax.train.step.compiler_options and docs/train_step.md); `--also-default` also times
+the step compiled with jaxlib's defaults.
 
 Each side is compiled / warmed up first; then rounds alternate the sides (`--steps` timed steps each).
 A round during which other processes used more than --quiet-cpu-s CPU seconds is marked disturbed
@@ -42,8 +43,6 @@ import numpy as np
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 MARGIN, LR, WEIGHT_DECAY = 0.2, 1e-3, 1e-4
 
-# XLA:CPU compile options: YNNPACK keeps dots and reductions, convolutions go to XLA's Eigen path.
-EIGEN_CONVS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
 
 
 def make_batch(batch: int, size: int, images_per_class: int = 4) -> tuple[np.ndarray, np.ndarray]:
@@ -65,7 +64,7 @@ def neighbour_cpu_seconds() -> float:
 # ---------------------------------------------------------------------------------------------- flax
 
 
-def build_flax(images: np.ndarray, labels: np.ndarray):
+def build_flax(images: np.ndarray, labels: np.ndarray, xla_options: dict | None):
     """(jitted train step, state, batch) of navee_jax's real train step: `step(state, batch)`."""
     import jax
     import optax
@@ -85,17 +84,18 @@ def build_flax(images: np.ndarray, labels: np.ndarray):
     mesh, tx = make_mesh(), optax.adamw(LR, weight_decay=WEIGHT_DECAY)
     graphdef, _, state = init_train_state(build_model(cfg.model, nnx.Rngs(0), cfg.data.image_size), tx)
     state = jax.device_put(state, replicated(mesh))
-    step = make_train_step(graphdef, tx, objective.loss, mesh, image_normalizer(cfg.data))
+    step = make_train_step(graphdef, tx, objective.loss, mesh, image_normalizer(cfg.data), xla_options=xla_options)
     return step, state, shard_step_batch({"images": images, "labels": labels}, mesh)
 
 
-def flax_step(images: np.ndarray, labels: np.ndarray, compiler_options: dict | None):
-    """(run one step and wait for it, compile seconds)."""
+def flax_step(images: np.ndarray, labels: np.ndarray, xla_options: dict | None):
+    """(run one step and wait for it, compile seconds); `xla_options` None: the step's own
+    (`navee_jax.train.step.compiler_options`), {}: jaxlib's defaults."""
     import jax
 
-    step, state, batch = build_flax(images, labels)
+    step, state, batch = build_flax(images, labels, xla_options)
     t = time.perf_counter()
-    compiled = step.lower(state, batch).compile(compiler_options=compiler_options)
+    compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - t
     holder = {"state": state}
 
@@ -172,11 +172,8 @@ def main() -> None:
                         help="a round is disturbed when other processes used more CPU seconds than this")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per side after compiling")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads")
-    parser.add_argument("--xla-convs", choices=("eigen", "default"), default="eigen",
-                        help="eigen: compile the Flax step with XLA's own convolutions (recommended on CPU); "
-                             "default: jaxlib's defaults (YNNPACK convolutions)")
     parser.add_argument("--also-default", action="store_true",
-                        help="also time the Flax step compiled with jaxlib's default options")
+                        help="also time the Flax step compiled with jaxlib's default options (YNNPACK convolutions)")
     parser.add_argument("--only", choices=("flax", "torch"), default=None)
     args = parser.parse_args()
 
@@ -185,17 +182,9 @@ def main() -> None:
     if args.only != "flax":
         sides["torch"] = torch_step(images, labels, args.threads)
     if args.only != "torch":
-        variants = {"flax": EIGEN_CONVS if args.xla_convs == "eigen" else None}
-        if args.also_default and args.xla_convs == "eigen":
-            variants["flax-xla-default"] = None
+        variants = {"flax": None, **({"flax-xla-default": {}} if args.also_default else {})}
         for name, options in variants.items():
-            try:
-                sides[name], compile_s = flax_step(images, labels, options)
-            except Exception as e:  # an option this jaxlib does not know: fall back to its defaults
-                if options is None:
-                    raise
-                print(f"warning: compile options {options} refused ({str(e).splitlines()[0]}); using defaults")
-                sides[name], compile_s = flax_step(images, labels, None)
+            sides[name], compile_s = flax_step(images, labels, options)
             notes.append(f"{name} compile {compile_s:.1f} s")
     for run in sides.values():
         for _ in range(args.warmup):
@@ -204,9 +193,12 @@ def main() -> None:
     import jax
     import torch
 
+    from navee_jax.train.sharding import make_mesh
+    from navee_jax.train.step import compiler_options
+
     print(f"machine: {os.cpu_count()} CPU cores; jax {jax.__version__}, torch {torch.__version__} "
-          f"({args.threads} threads); XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; flax convolutions: "
-          f"{args.xla_convs}")
+          f"({args.threads} threads); XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; flax compile options: "
+          f"{compiler_options(make_mesh()) or 'defaults'}")
     print(f"ResNet-18, batch {args.batch} ({args.batch // 4} classes x 4), {args.size}x{args.size}, float32, "
           f"{args.steps} steps x {args.rounds} rounds; " + ", ".join(notes))
     times = {name: [] for name in sides}

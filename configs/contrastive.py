@@ -10,12 +10,12 @@ On Omniglot (30 Korean characters train, 10 unseen are held out; conv4 backbone,
 
 runs in about 29 s on 2 CPU cores and ends with
 
-    final held-out mAP 0.4677 (at initialisation 0.4217) over 100 queries
-    4-way 1-shot 1-NN accuracy 0.6380 +- 0.0336 (50 episodes; 0.5860 at initialisation)
-    4-way 5-shot 1-NN accuracy 0.7475 +- 0.0293 (50 episodes; 0.6910 at initialisation)
+    final held-out mAP 0.4676 (at initialisation 0.4217) over 100 queries
+    4-way 1-shot 1-NN accuracy 0.6380 +- 0.0338 (50 episodes; 0.5860 at initialisation)
+    4-way 5-shot 1-NN accuracy 0.7490 +- 0.0291 (50 episodes; 0.6910 at initialisation)
 
 The study's learning rate is slow for so short a run: `--sweep="optim.lr=[5e-5, 1e-3]"` gives the
-best held-out mAP 0.4742 and 0.5240 (docs/results.md). `--config.sampler.kind=pk` applies the same loss
+best held-out mAP 0.4741 and 0.5226 (docs/results.md). `--config.sampler.kind=pk` applies the same loss
 to all pairs of PK batches instead of sampled pairs.
 """
 

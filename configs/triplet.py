@@ -5,12 +5,12 @@ Default data: scikit-learn's bundled digits; classes 0-5 train, 6-9 are held out
     python launch.py --config=configs/triplet.py --workdir=runs/triplet
 
 runs in about 3 minutes on 2 CPU cores and prints the held-out mAP at initialisation (0.7272), a
-progress line every 10 steps (`step 20/276 epoch 1/12 loss 0.2076 ... | 2.89 steps/s ETA 0:01:28`),
+progress line every 10 steps (`step 20/276 epoch 1/12 loss 0.1762 ... | 2.89 steps/s ETA 0:01:28`),
 the held-out mAP after each epoch, and at the end
 
-    final held-out mAP 0.4986 (at initialisation 0.7272) over 357 queries
-    4-way 1-shot 1-NN accuracy 0.5070 +- 0.0292 (50 episodes; 0.7170 at initialisation)
-    4-way 5-shot 1-NN accuracy 0.5830 +- 0.0200 (50 episodes; 0.8443 at initialisation)
+    final held-out mAP 0.5194 (at initialisation 0.7272) over 357 queries
+    4-way 1-shot 1-NN accuracy 0.5203 +- 0.0289 (50 episodes; 0.7170 at initialisation)
+    4-way 5-shot 1-NN accuracy 0.5993 +- 0.0190 (50 episodes; 0.8443 at initialisation)
 
 also written to runs/triplet/metrics.json. Six base classes are too few for the learned metric to
 beat a random network on the four unseen digits (docs/results.md); on Omniglot it does. Re-running the
@@ -20,9 +20,9 @@ On Omniglot (30 Korean characters train, 10 unseen are held out; Conv-4 at 28x28
 
     python launch.py --config=configs/triplet.py:omniglot --workdir=runs/triplet-omniglot
 
-    final held-out mAP 0.9490 (at initialisation 0.3571) over 100 queries
-    4-way 1-shot 1-NN accuracy 0.9735 +- 0.0097 (50 episodes; 0.5065 at initialisation)
-    4-way 5-shot 1-NN accuracy 0.9905 +- 0.0042 (50 episodes; 0.6500 at initialisation)
+    final held-out mAP 0.9286 (at initialisation 0.3571) over 100 queries
+    4-way 1-shot 1-NN accuracy 0.9535 +- 0.0167 (50 episodes; 0.5065 at initialisation)
+    4-way 5-shot 1-NN accuracy 0.9890 +- 0.0053 (50 episodes; 0.6500 at initialisation)
 
 Your own images (root/<class>/*.jpg), 20 classes held out at random:
 

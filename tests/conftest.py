@@ -5,6 +5,11 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
+try:  # before anything imports TensorFlow: `import tensorflow` then `import triton` (torchvision pulls it in
+    import torchvision  # noqa: F401  through torch._dynamo) segfaults with tensorflow-cpu 2.21 and triton 3.8
+except ImportError:
+    pass
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402

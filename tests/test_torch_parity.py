@@ -6,6 +6,8 @@ eval mode on the same random input (NCHW for torch, NHWC for Flax). Relative err
 max|flax - torch| / max|torch| over the whole output.
 """
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -13,7 +15,7 @@ from flax import nnx
 torch = pytest.importorskip("torch", reason="parity tests need PyTorch: pip install 'navee-jax[torch]'")
 torchvision = pytest.importorskip("torchvision", reason="parity tests need torchvision: pip install 'navee-jax[torch]'")
 
-from navee_jax.models.convert import load_torch_state_dict  # noqa: E402
+from navee_jax.models.convert import load_torch_state_dict, torch_name  # noqa: E402
 from navee_jax.models.resnet import resnet18, resnet50  # noqa: E402
 from navee_jax.models.vgg import adaptive_avg_pool, vgg16, vgg16_bn  # noqa: E402
 
@@ -65,6 +67,34 @@ def test_resnet_matches_torchvision(name, factory):
     error = relative_error(model(x_flax), expected)
     print(f"{name} logits: relative error {error:.2e}")
     assert error <= MAX_RELATIVE_ERROR
+
+
+def test_resnet18_gradients_match_torchvision():
+    """Backward pass too (models/resnet.py writes its own for the convolutions and the stem max-pool):
+    the gradients of sum(logits * c) for a random c, w.r.t. the input and every parameter, in eval mode."""
+    torch_model = _torch_model("resnet18")
+    x_torch, x_flax = _inputs(64)
+    cotangent = np.random.default_rng(1).standard_normal((2, 1000)).astype(np.float32)
+    x_torch.requires_grad_(True)
+    (torch_model(x_torch) * torch.from_numpy(cotangent)).sum().backward()
+    model = _converted(resnet18, _state_dict(torch_model), num_classes=1000)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def objective(params, x):
+        return jnp.sum(nnx.merge(graphdef, params, rest)(x) * cotangent)
+
+    param_grads, x_grad = jax.jit(jax.grad(objective, argnums=(0, 1)))(params, x_flax)
+    errors = {"input": relative_error(np.asarray(x_grad).transpose(0, 3, 1, 2), x_torch.grad.numpy())}
+    torch_params = dict(torch_model.named_parameters())
+    for path, grad in jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(param_grads)):
+        name = torch_name(tuple(getattr(k, "key", getattr(k, "idx", None)) for k in path))
+        grad = np.asarray(grad)
+        grad = grad.transpose(3, 2, 0, 1) if grad.ndim == 4 else grad.T if grad.ndim == 2 else grad
+        errors[name] = relative_error(grad, torch_params[name].grad.numpy())
+    assert len(errors) == 1 + len(torch_params)
+    worst = max(errors, key=errors.get)
+    print(f"resnet18 gradients: worst relative error {errors[worst]:.2e} ({worst})")
+    assert errors[worst] <= MAX_RELATIVE_ERROR, worst
 
 
 def test_headless_resnet_skips_fc_and_matches_pooled_features():

@@ -6,19 +6,109 @@ converted ImageNet weights map one to one (see navee_jax.models.convert).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 # torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu"); BN scale 1, bias 0.
 _conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
+def _materialized(x: jax.Array) -> jax.Array:
+    """`x` itself, read from its own buffer by every user after this point.
+
+    XLA fuses cheap elementwise producers (BatchNorm, ReLU, the residual add) into each consumer,
+    including the transposes feeding a convolution's kernel gradient, which then re-evaluate them in
+    transposed, cache-hostile order. A conditional on a data-dependent predicate is opaque to fusion
+    (optimization_barrier is not: XLA:CPU removes it before fusing); both branches return `x`
+    unchanged (`x * 1` is exact, NaN included), so only where the values are read from changes.
+    """
+    return jax.lax.cond(jnp.isnan(x.reshape(-1)[0]), lambda v: v * jnp.ones((), v.dtype), lambda v: v, x)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _conv_nhwc(x: jax.Array, kernel: jax.Array, strides: tuple, padding: tuple, dimension_numbers,
+               precision) -> jax.Array:
+    return jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=dimension_numbers,
+                                        precision=precision)
+
+
+def _conv_nhwc_fwd(x, kernel, strides, padding, dimension_numbers, precision):
+    return _conv_nhwc(x, kernel, strides, padding, dimension_numbers, precision), (x, kernel)
+
+
+# Input gradients of stride-1 convolutions go through `_input_grad_by_gemm` when the output has at most
+# this many pixels (batch included) per output channel.
+_GEMM_INPUT_GRAD_ROWS_PER_CHANNEL = 1
+
+
+def _input_grad_by_gemm(g: jax.Array, kernel: jax.Array, x_shape: tuple, strides: tuple, padding: tuple,
+                        precision) -> jax.Array:
+    """d(conv)/d(input) for NHWC / HWIO as one matmul g @ kernel^T (every output pixel's contribution
+    to its k x k input window) and a col2im sum of the k * k shifted, stride-dilated slices."""
+    n, ho, wo, cout = g.shape
+    kh, kw, cin, _ = kernel.shape
+    (plo, phi), (qlo, qhi) = padding
+    hp, wp = x_shape[1] + plo + phi, x_shape[2] + qlo + qhi
+    sh, sw = strides
+    cols = jax.lax.dot_general(g.reshape(-1, cout), kernel.reshape(-1, cout), (((1,), (1,)), ((), ())),
+                               precision=precision, preferred_element_type=jnp.float32)
+    cols = cols.reshape(n, ho, wo, kh, kw, cin)
+    zero, grad = jnp.zeros((), cols.dtype), None
+    for i in range(kh):
+        for j in range(kw):
+            tap = jax.lax.pad(cols[:, :, :, i, j, :], zero, ((0, 0, 0), (i, hp - i - sh * (ho - 1) - 1, sh - 1),
+                                                            (j, wp - j - sw * (wo - 1) - 1, sw - 1), (0, 0, 0)))
+            grad = tap if grad is None else grad + tap
+    return grad[:, plo:plo + x_shape[1], qlo:qlo + x_shape[2], :].astype(g.dtype)
+
+
+def _conv_nhwc_bwd(strides, padding, dimension_numbers, precision, res, g):
+    x, kernel = res
+
+    def conv(x, k):
+        return jax.lax.conv_general_dilated(x, k, strides, padding, dimension_numbers=dimension_numbers,
+                                            precision=precision)
+
+    dn = jax.lax.conv_dimension_numbers(x.shape, kernel.shape, dimension_numbers)
+    n, ho, wo, cout = g.shape if dn.out_spec == (0, 3, 1, 2) else (0, 0, 0, 0)
+    # A stride-2 input gradient is otherwise a convolution over a zero-dilated input (4x the work), and
+    # where the kernel outweighs the activations (ResNet's last stage) its flipped, transposed copy
+    # costs more than the matmul: docs/train_step.md.
+    by_gemm = (dn.lhs_spec == (0, 3, 1, 2) and dn.rhs_spec == (3, 2, 0, 1) and dn.out_spec == (0, 3, 1, 2)
+               and (max(strides) > 1 or n * ho * wo <= _GEMM_INPUT_GRAD_ROWS_PER_CHANNEL * cout))
+    # The kernel gradient is autodiff's convolution, its input materialised first (`_materialized`).
+    if by_gemm:
+        _, vjp = jax.vjp(lambda k: conv(_materialized(x), k), kernel)
+        return _input_grad_by_gemm(g, kernel, x.shape, strides, padding, precision), vjp(g)[0]
+    _, vjp = jax.vjp(conv, _materialized(x), kernel)
+    return vjp(g)
+
+
+_conv_nhwc.defvjp(_conv_nhwc_fwd, _conv_nhwc_bwd)
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
+    """jax.lax.conv_general_dilated for nnx.Conv: the plain convolutions of these networks get the
+    backward pass of `_conv_nhwc` (the same gradients up to float rounding, faster on XLA:CPU:
+    docs/train_step.md); anything else goes to lax unchanged."""
+    plain = (not isinstance(padding, str) and feature_group_count == 1 and not any(kwargs.values())
+             and all(d in (None, 1) or tuple(d) == (1,) * len(d) for d in (lhs_dilation, rhs_dilation)))
+    if not plain:
+        return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                            dimension_numbers, feature_group_count, precision=precision, **kwargs)
+    padding = tuple(tuple(p) for p in padding)
+    return _conv_nhwc(lhs, rhs, tuple(window_strides), padding, dimension_numbers, precision)
+
+
 def _conv(cin: int, cout: int, k: int, stride: int, rngs: nnx.Rngs) -> nnx.Conv:
     pad = k // 2  # explicit symmetric padding, as torch does (SAME would pad asymmetrically at stride 2)
     return nnx.Conv(cin, cout, (k, k), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
-                    use_bias=False, kernel_init=_conv_init, rngs=rngs)
+                    use_bias=False, kernel_init=_conv_init, conv_general_dilated=conv_general_dilated, rngs=rngs)
 
 
 def _bn(c: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
@@ -33,6 +123,60 @@ def _torch_linear(cin: int, cout: int, rngs: nnx.Rngs) -> nnx.Linear:
     return nnx.Linear(cin, cout, kernel_init=nnx.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
                       bias_init=lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, -bound, bound),
                       rngs=rngs)
+
+
+def _pool_windows(x: jax.Array) -> list[jax.Array]:
+    """The 9 taps (row-major) of every 3x3 / stride-2 window of NHWC `x` padded by one with -inf."""
+    n, h, w, c = x.shape
+    ho, wo = (h + 1) // 2, (w + 1) // 2
+    xp = jnp.pad(x, ((0, 0), (1, 2 * ho - h), (1, 2 * wo - w), (0, 0)), constant_values=-jnp.inf)
+    return [jax.lax.slice(xp, (0, i, j, 0), (n, i + 2 * ho - 1, j + 2 * wo - 1, c), (1, 2, 2, 1))
+            for i in range(3) for j in range(3)]
+
+
+def _pool_forward(x: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
+    taps = _pool_windows(x)
+    out = taps[0]
+    for t in taps[1:]:
+        out = jnp.maximum(out, t)
+    return out, taps
+
+
+@jax.custom_vjp
+def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
+    """torch's MaxPool2d(3, stride=2, padding=1) on NHWC: nnx.max_pool's values, and the gradient
+    going, as in torch and XLA's select-and-scatter, to the first maximum of each window (row-major).
+
+    Written out because XLA:CPU lowers reduce_window's gradient (select-and-scatter) to a variadic
+    reduce-window over four int32 index arrays plus a scatter: on the (32, 56, 56, 64) stem output of a
+    112x112 batch, forward + backward (with the BatchNorm and ReLU before it) take about 100 ms on 2 CPU
+    cores that way and about 20 ms this way (docs/train_step.md).
+    """
+    return _pool_forward(x)[0]
+
+
+def _max_pool_fwd(x: jax.Array):
+    out, taps = _pool_forward(x)
+    first = jnp.full(out.shape, 8, jnp.int8)  # index of the first tap holding the maximum
+    for k in range(7, -1, -1):
+        first = jnp.where(taps[k] == out, jnp.int8(k), first)
+    return out, (first, x.shape)
+
+
+def _max_pool_bwd(res, g):
+    first, (_, h, w, _) = res
+    zero, grad = jnp.zeros((), g.dtype), None
+    # Tap (i, j) of window (a, b) is padded-input pixel (2a + i, 2b + j): each tap's share of the gradient,
+    # spread onto the padded grid with stride 2 (interior padding) and summed.
+    for k in range(9):
+        i, j = divmod(k, 3)
+        tap = jax.lax.pad(jnp.where(first == k, g, zero), zero,
+                          ((0, 0, 0), (i, 2 - i, 1), (j, 2 - j, 1), (0, 0, 0)))  # (2ho + 1, 2wo + 1) grid
+        grad = tap if grad is None else grad + tap
+    return (grad[:, 1:h + 1, 1:w + 1, :],)
+
+
+max_pool_3x3_s2.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 class Downsample(nnx.Module):
@@ -113,7 +257,7 @@ class ResNet(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = nnx.relu(self.bn1(self.conv1(x)))
-        x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        x = max_pool_3x3_s2(x)
         for s in range(self.num_stages):
             for block in getattr(self, f"layer{s + 1}"):
                 x = block(x)

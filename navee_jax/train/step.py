@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import os
 from typing import Any, Callable, Sequence
 
 import flax.struct
@@ -19,6 +21,29 @@ from navee_jax.train.sharding import batch_sharded, replicated
 # (embeddings shaped like the batch's leading image axes, the batch, the loss's own parameters) -> (loss, aux)
 LossFn = Callable[[jax.Array, dict[str, jax.Array], dict[str, jax.Array]], tuple[jax.Array, dict[str, jax.Array]]]
 Prepare = Callable[[jax.Array], jax.Array]
+
+# XLA:CPU: convolutions on XLA's own (Eigen) path instead of YNNPACK, jaxlib 0.10's default; dots and
+# reductions stay on YNNPACK. YNNPACK's kernel-gradient convolutions are 2-4x slower here, so a ResNet-18
+# train step takes about 0.6x the time (docs/train_step.md). GPU and TPU compilers never see it.
+CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
+                        "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
+
+
+@functools.cache
+def _cpu_options_supported() -> bool:
+    try:  # a jaxlib that does not know the option refuses it at compile time; it then keeps its defaults
+        jax.jit(lambda x: x + 1, compiler_options=CPU_COMPILER_OPTIONS).lower(jnp.float32(0)).compile()
+    except Exception:
+        return False
+    return True
+
+
+def compiler_options(mesh: Mesh) -> dict[str, str]:
+    """`CPU_COMPILER_OPTIONS` for a CPU mesh, unless XLA_FLAGS already chooses the fusion types."""
+    chosen_by_user = "xla_cpu_experimental_ynn_fusion_type" in os.environ.get("XLA_FLAGS", "")
+    if mesh.devices.flat[0].platform != "cpu" or chosen_by_user or not _cpu_options_supported():
+        return {}
+    return dict(CPU_COMPILER_OPTIONS)
 
 
 def normalize_images(images: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
@@ -91,11 +116,12 @@ def _embed_batch(model: nnx.Module, images: jax.Array, prepare: Prepare | None) 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_fn: LossFn, mesh: Mesh,
                     prepare: Prepare | None = None, frozen_stages: tuple[str, ...] = (),
-                    loss_tx: optax.GradientTransformation | None = None):
+                    loss_tx: optax.GradientTransformation | None = None, xla_options: dict[str, str] | None = None):
     """(state, batch) -> (state, metrics), jitted; `batch` holds `images` (any leading axes, sharded on
     the mesh: see sharding.shard_step_batch) and whatever the loss reads (labels, pair flags, ...).
     `prepare` (e.g. `image_normalizer`) turns the images into the model's input inside the jit;
-    `frozen_stages` and `loss_tx` must be those given to `init_train_state`."""
+    `frozen_stages` and `loss_tx` must be those given to `init_train_state`. `xla_options` replaces
+    `compiler_options(mesh)` (`{}`: the compiler's defaults)."""
     trainable = trainable_filter(frozen_stages)
     loss_tx = loss_tx or tx
 
@@ -120,7 +146,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, lo
         return new_state, metrics
 
     # The batch's shardings come with its arrays (images on `data`, small metadata replicated).
-    return jax.jit(step, out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=0)
+    return jax.jit(step, out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=0,
+                   compiler_options=compiler_options(mesh) if xla_options is None else xla_options)
 
 
 def make_embed_fn(eval_graphdef: nnx.GraphDef, mesh: Mesh,
@@ -131,4 +158,5 @@ def make_embed_fn(eval_graphdef: nnx.GraphDef, mesh: Mesh,
         return nnx.merge(eval_graphdef, state.params, state.model_state)(prepare(images) if prepare else images)
 
     repl = replicated(mesh)
-    return jax.jit(embed, in_shardings=(repl, batch_sharded(mesh)), out_shardings=repl)
+    return jax.jit(embed, in_shardings=(repl, batch_sharded(mesh)), out_shardings=repl,
+                   compiler_options=compiler_options(mesh))
