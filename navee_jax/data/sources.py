@@ -45,7 +45,7 @@ def digits_catalogue() -> Catalogue:
     return Catalogue(name="digits", labels=digits.target.astype(np.int64), class_names=names, pixels=pixels)
 
 
-def _inspect(path: str) -> tuple[str | None, str | None, bool]:
+def inspect_image(path: str) -> tuple[str | None, str | None, bool]:
     """(why the file is unusable or None, sha1 of its bytes, whether it is a PNG with transparency).
     Decodes fully, so truncated files fail here and not in tf.data."""
     try:
@@ -73,7 +73,7 @@ def _validated_catalogue(name: str, candidates: list[_Candidate], skipped: list[
     Exact duplicates: the later copies are skipped ('skip'), or kept with the content id of the first ('keep')."""
     _check_duplicates(duplicates)
     with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
-        inspected = list(pool.map(_inspect, [c.path for c in candidates]))
+        inspected = list(pool.map(inspect_image, [c.path for c in candidates]))
     first_of_hash: dict[str, str] = {}
     content_of_hash: dict[str, int] = {}
     good: list[_Candidate] = []

@@ -44,15 +44,9 @@ def _restore(setup: Setup, workdir: str, checkpoint: str) -> tuple[Any, str] | N
         return None
     ckpt = Checkpoints(workdir, keep_last=1_000_000)  # evaluation must never delete checkpoints
     try:
-        steps = ckpt.manager.all_steps()
-        if not steps:
+        step = ckpt.resolve_step(checkpoint)
+        if step is None:
             return None
-        if checkpoint in ("best", "latest"):
-            step = ckpt.best_step() if checkpoint == "best" else ckpt.latest_step()
-        elif checkpoint.isdigit() and int(checkpoint) in steps:
-            step = int(checkpoint)
-        else:
-            raise UserError(f"--checkpoint={checkpoint!r}: use best, latest or one of the saved steps {sorted(steps)}")
         meta = ckpt.restore_meta(step)
         state = ckpt.restore(step, setup.state)
     finally:

@@ -30,6 +30,17 @@ class Checkpoints:
     def best_step(self) -> int | None:
         return self.manager.best_step()
 
+    def resolve_step(self, checkpoint: str) -> int | None:
+        """The step that `checkpoint` ('best', 'latest' or a saved step number) names; None when there is none."""
+        steps = self.manager.all_steps()
+        if not steps:
+            return None
+        if checkpoint in ("best", "latest"):
+            return self.best_step() if checkpoint == "best" else self.latest_step()
+        if checkpoint.isdigit() and int(checkpoint) in steps:
+            return int(checkpoint)
+        raise UserError(f"--checkpoint={checkpoint!r}: use best, latest or one of the saved steps {sorted(steps)}")
+
     def save(self, step: int, state: Any, meta: dict, metrics: dict[str, float]) -> None:
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         self.manager.save(step, args=args, metrics=metrics)
@@ -51,6 +62,14 @@ class Checkpoints:
         except Exception as e:  # orbax/tensorstore raise many types; all mean "does not fit this config"
             raise UserError(f"checkpoint {self.directory}/{step} does not match this config ({_first_line(e)}); "
                             f"use the config it was trained with, or a fresh --workdir") from None
+
+    def restore_arrays(self, step: int) -> dict[str, Any]:
+        """The saved train state as nested dicts of arrays, without a target structure: for reading the
+        model's weights where the optimizer and loss that shaped the rest of the state are not built."""
+        try:
+            return self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+        except Exception as e:  # orbax/tensorstore raise many types; all mean "unreadable"
+            raise UserError(f"checkpoint {self.directory}/{step} is unreadable ({_first_line(e)})") from None
 
     def close(self) -> None:
         self.manager.wait_until_finished()

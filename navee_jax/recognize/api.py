@@ -1,0 +1,311 @@
+"""Recognizer: a trained embedding (a workdir's checkpoint) + a gallery of enrolled articles.
+
+    rec = Recognizer.load("runs/triplet-omniglot")          # best checkpoint; or ".../checkpoints/<step>"
+    rec.enroll(paths, labels)                               # or rec.enroll_folder("refs/<article>/<image>")
+    rec.calibrate(heldout_paths, heldout_labels, target_far=0.01)
+    rec.predict(query_paths, k=5)                           # [Prediction(article, distance, unknown, top_k)]
+    rec.save_gallery("gallery/"); rec.load_gallery("gallery/")
+
+Images are paths, PIL images or uint8 arrays (H, W), (H, W, 1|3) or a batch (N, H, W, C). Files go through
+exactly the evaluation preprocessing (`data.pipeline.eval_batches`: tf.io decode, resize, grayscale /
+binarize, uint8; normalisation inside the jitted embedding); in-memory images enter it after decoding,
+transparent PIL images composited on white as files are.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from typing import Any, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+from PIL import Image
+
+from navee_jax.data.catalogue import Catalogue
+from navee_jax.data.pipeline import eval_batches
+from navee_jax.data.sources import folder_catalogue, inspect_image
+from navee_jax.errors import UserError
+from navee_jax.models import build_model
+from navee_jax.recognize.gallery import Gallery
+from navee_jax.train.checkpoints import Checkpoints
+from navee_jax.train.sharding import check_divisible, make_mesh, shard_batch
+from navee_jax.train.step import TrainState, image_normalizer, make_embed_fn
+
+# The data config keys that decide what the network sees: a gallery made with other values is refused.
+PREPROCESSING_KEYS = ("image_size", "resize", "fill", "grayscale", "binarize", "mean", "std")
+# Model keys that matter after training (weights are compared by checksum; these name what differs).
+MODEL_KEYS = ("backbone", "width", "in_channels", "remove_top_layers", "compute_dtype", "embed_dim", "normalize",
+              "head_batchnorm")
+
+ImageInput = Any  # str | os.PathLike | PIL.Image.Image | np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """One query image: its best article (None when unknown or on error), distances, and the top k."""
+
+    image: str
+    article: str | None
+    distance: float | None
+    unknown: bool
+    top_k: list[tuple[str, float]]
+    error: str | None = None
+
+
+def _split_workdir(path: str) -> tuple[str, str]:
+    """(workdir, checkpoint) from a workdir or a `<workdir>/checkpoints/<step>` folder."""
+    path = os.path.abspath(path)
+    parent = os.path.dirname(path)
+    if os.path.basename(path).isdigit() and os.path.basename(parent) == "checkpoints":
+        return os.path.dirname(parent), os.path.basename(path)
+    return path, "best"
+
+
+def _unwrap(tree: Any) -> Any:
+    """Orbax's target-free restore keeps NNX's {'value': array} leaves; these are the arrays."""
+    if isinstance(tree, dict):
+        if set(tree) == {"value"} and not isinstance(tree["value"], dict):
+            return tree["value"]
+        return {k: _unwrap(v) for k, v in tree.items()}
+    return tree
+
+
+def _weights_into(model: nnx.Module, restored: dict[str, Any], where: str) -> None:
+    """Copies every variable of `model` from the restored checkpoint arrays (params + model_state)."""
+    saved = {}
+    for part in ("params", "model_state"):
+        for path, leaf in jax.tree_util.tree_flatten_with_path(_unwrap(restored.get(part, {})))[0]:
+            saved[tuple(str(getattr(p, "key", p)) for p in path)] = leaf
+    state = nnx.state(model)
+    flat, treedef = jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(state))
+    leaves = []
+    for path, like in flat:
+        key = tuple(str(getattr(p, "key", p)) for p in path)
+        if key not in saved or np.shape(saved[key]) != np.shape(like):
+            got = np.shape(saved[key]) if key in saved else "missing"
+            raise UserError(f"checkpoint {where} does not fit its config.json: {'/'.join(key)} is {got}, the model "
+                            f"needs {np.shape(like)}")
+        leaves.append(np.asarray(saved[key], like.dtype))
+    nnx.replace_by_pure_dict(state, jax.tree_util.tree_unflatten(treedef, leaves))
+    nnx.update(model, state)
+
+
+def _weights_sha256(model: nnx.Module) -> str:
+    h = hashlib.sha256()
+    for path, leaf in sorted(jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(nnx.state(model)))[0],
+                             key=lambda pl: jax.tree_util.keystr(pl[0])):
+        h.update(jax.tree_util.keystr(path).encode())
+        h.update(np.ascontiguousarray(leaf).tobytes())
+    return h.hexdigest()
+
+
+def _as_rgb(image: Image.Image) -> np.ndarray:
+    """PIL image -> uint8 (H, W, 3); transparency composited on white, as the file sources do."""
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
+    return np.asarray(image.convert("RGB"))
+
+
+def _as_pixels(array: np.ndarray) -> np.ndarray:
+    if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3)):
+        raise ValueError(f"array of {array.dtype} {array.shape}: expected uint8 (H, W), (H, W, 1) or (H, W, 3)")
+    return array[..., None] if array.ndim == 2 else array
+
+
+def _image_list(images: Any) -> list:
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        return list(images)
+    if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
+        raise UserError("images: pass a sequence of images (paths, PIL images, arrays) or an (N, H, W, C) array")
+    return list(images)
+
+
+def describe(image: ImageInput, i: int) -> str:
+    """How an input image is named in outputs: its path, or its position."""
+    return os.fspath(image) if isinstance(image, (str, os.PathLike)) else f"image[{i}]"
+
+
+class Recognizer:
+    """A trained embedding with a gallery; see the module docstring."""
+
+    def __init__(self, config: ml_collections.ConfigDict, model: nnx.Module, source: str,
+                 batch_size: int | None = None):
+        """`source`: the checkpoint folder the weights came from (recorded in galleries, for `predict`)."""
+        self.config = config
+        self.mesh = make_mesh()
+        self.batch_size = batch_size or config.eval.batch_size
+        check_divisible(self.batch_size, self.mesh, "the embedding batch size")
+        model.eval()
+        self.graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        self.params, self.rest = params, rest
+        self.prepare = image_normalizer(config.data, config.model.in_channels)
+        # make_embed_fn reads only params and model_state; the optimizer fields stay empty.
+        self._state = TrainState(np.zeros((), np.int32), params, rest, (), {}, ())
+        self._embed_fn = make_embed_fn(self.graphdef, self.mesh, self.prepare)
+        self.fingerprint = {
+            "model": {k: config.model[k] for k in MODEL_KEYS},
+            "preprocessing": {k: (list(config.data[k]) if k in ("mean", "std") else config.data[k])
+                              for k in PREPROCESSING_KEYS},
+            "weights_sha256": _weights_sha256(model),
+            "checkpoint": source,
+        }
+        self.dim = int(config.model.embed_dim)
+        self.gallery = Gallery(self.dim, self.fingerprint)
+
+    @classmethod
+    def load(cls, path: str, checkpoint: str | None = None, batch_size: int | None = None) -> Recognizer:
+        """From a training workdir (its `checkpoint`: best, latest or a step; default best) or a
+        `<workdir>/checkpoints/<step>` folder."""
+        workdir, default = _split_workdir(path)
+        checkpoint = checkpoint or default
+        config_path = os.path.join(workdir, "config.json")
+        if not os.path.isfile(config_path):
+            raise UserError(f"{path!r} is not a training workdir: {config_path} not found")
+        with open(config_path) as f:
+            config = ml_collections.ConfigDict(json.load(f))
+        if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+            raise UserError(f"workdir {workdir!r} has no checkpoints/ (train it first)")
+        ckpt = Checkpoints(workdir, keep_last=1_000_000)  # loading must never delete checkpoints
+        try:
+            step = ckpt.resolve_step(checkpoint)
+            if step is None:
+                raise UserError(f"workdir {workdir!r} has no saved checkpoint")
+            restored = ckpt.restore_arrays(step)
+        finally:
+            ckpt.close()
+        model_cfg = ml_collections.ConfigDict(config.model.to_dict())
+        model_cfg.pretrained = ""  # the checkpoint holds every weight; the original file may be elsewhere
+        model = build_model(model_cfg, nnx.Rngs(config.seed), config.data.image_size)
+        _weights_into(model, restored, f"{workdir}/checkpoints/{step}")
+        return cls(config, model, os.path.join(workdir, "checkpoints", str(step)), batch_size)
+
+    # -- embeddings -------------------------------------------------------------------------------------
+
+    def embed_batch(self, images: np.ndarray) -> np.ndarray:
+        """Embeddings of preprocessed uint8 images (n, S, S, 3), in padded fixed-size batches."""
+        out, bs = [], self.batch_size
+        for s in range(0, len(images), bs):
+            chunk = images[s:s + bs]
+            n = len(chunk)
+            padded = np.concatenate([chunk, np.zeros((bs - n, *chunk.shape[1:]), chunk.dtype)])
+            out.append(np.asarray(self._embed_fn(self._state, shard_batch(padded, self.mesh)))[:n])
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+    def _embed_catalogue(self, catalogue: Catalogue) -> np.ndarray:
+        batches = eval_batches(catalogue, np.arange(len(catalogue)), self.config.data, self.batch_size)
+        return self.embed_batch(np.concatenate(list(batches)))
+
+    def embed_or_errors(self, images: Any) -> tuple[np.ndarray, dict[int, str]]:
+        """(embeddings (n, D), {position: why} for images that could not be read; their rows are NaN)."""
+        items = _image_list(images)
+        errors: dict[int, str] = {}
+        files: list[tuple[int, str, bool]] = []
+        pixels: dict[tuple[int, ...], list[tuple[int, np.ndarray]]] = {}
+        for i, item in enumerate(items):
+            try:
+                if isinstance(item, (str, os.PathLike)):
+                    why, _, transparent = inspect_image(os.fspath(item))
+                    if why:
+                        raise ValueError(why)
+                    files.append((i, os.fspath(item), transparent))
+                else:
+                    array = _as_rgb(item) if isinstance(item, Image.Image) else _as_pixels(np.asarray(item))
+                    pixels.setdefault(array.shape, []).append((i, array))
+            except (ValueError, OSError) as e:
+                errors[i] = str(e)
+        out = np.full((len(items), self.dim), np.nan, np.float32)
+        groups: list[tuple[list[int], Catalogue]] = []
+        if files:
+            groups.append(([i for i, _, _ in files], Catalogue(
+                "images", np.zeros(len(files), np.int64), ("",), paths=tuple(p for _, p, _ in files),
+                transparent=tuple(t for _, _, t in files))))
+        for same_shape in pixels.values():  # one table per image shape: tf.data gathers from a dense array
+            groups.append(([i for i, _ in same_shape], Catalogue(
+                "arrays", np.zeros(len(same_shape), np.int64), ("",), pixels=np.stack([a for _, a in same_shape]))))
+        for positions, catalogue in groups:
+            out[positions] = self._embed_catalogue(catalogue)
+        return out, errors
+
+    def embed(self, images: Any) -> np.ndarray:
+        """(n, D) embeddings; an unreadable image is an error naming it (`embed_or_errors` keeps going)."""
+        items = _image_list(images)
+        out, errors = self.embed_or_errors(items)
+        if errors:
+            i = min(errors)
+            raise UserError(f"{describe(items[i], i)}: {errors[i]}" +
+                            (f" (and {len(errors) - 1} more unreadable)" if len(errors) > 1 else ""))
+        return out
+
+    # -- gallery --------------------------------------------------------------------------------------
+
+    def enroll(self, images: Any, labels: Sequence[str]) -> None:
+        """Adds reference images of (new or enrolled) articles to the gallery."""
+        items = _image_list(images)
+        if len(items) != len(labels):
+            raise UserError(f"enroll: {len(labels)} labels for {len(items)} images")
+        self.gallery.add(self.embed(items), labels, [describe(x, i) for i, x in enumerate(items)])
+
+    def enroll_folder(self, root: str) -> list[str]:
+        """Enrolls `root/.../<article>/<image>` (the article is the folder's path under root, as the folder
+        data source names classes); returns lines describing skipped files (unreadable, duplicates, ...)."""
+        catalogue = folder_catalogue(root)
+        self.gallery.add(self._embed_catalogue(catalogue), [catalogue.class_names[c] for c in catalogue.labels],
+                         list(catalogue.paths))
+        return catalogue.skip_report()
+
+    def calibrate_folder(self, root: str, target_far: float) -> dict[str, Any]:
+        """`calibrate` on a folder tree of held-out photos laid out like the references."""
+        catalogue = folder_catalogue(root)
+        return self.gallery.calibrate(self._embed_catalogue(catalogue),
+                                      [catalogue.class_names[c] for c in catalogue.labels], target_far)
+
+    def remove(self, articles: Sequence[str]) -> None:
+        self.gallery.remove(articles)
+
+    def calibrate(self, images: Any, labels: Sequence[str], target_far: float) -> dict[str, Any]:
+        """Sets the unknown threshold for `target_far` from held-out labelled images (see Gallery.calibrate)."""
+        return self.gallery.calibrate(self.embed(images), labels, target_far)
+
+    def save_gallery(self, path: str) -> None:
+        self.gallery.save(path)
+
+    def load_gallery(self, path: str) -> Gallery:
+        """Loads a gallery, refusing one made by another model or preprocessing."""
+        gallery = Gallery.load(path)
+        gallery.check_compatible(self.fingerprint, repr(path))
+        self.gallery = gallery
+        return gallery
+
+    # -- prediction -----------------------------------------------------------------------------------
+
+    def predict_embeddings(self, embeddings: np.ndarray, k: int = 5, mode: str = "nn",
+                           names: Sequence[str] | None = None, index: str = "exact") -> list[Prediction]:
+        """Predictions for query embeddings: "unknown" when the best distance exceeds the calibrated
+        threshold (never, when the gallery is not calibrated). `mode`: "nn" (nearest reference image) or
+        "prototype" (nearest article mean); `index`: "exact" or "faiss" (approximate, optional)."""
+        names = names or [f"image[{i}]" for i in range(len(embeddings))]
+        arts, dist = self.gallery.search(embeddings, k, mode, index)
+        threshold = self.gallery.threshold(mode)
+        out = []
+        for name, a, d in zip(names, arts, dist):
+            unknown = threshold is not None and float(d[0]) > threshold
+            top = [(self.gallery.articles[j], float(x)) for j, x in zip(a, d)]
+            out.append(Prediction(name, None if unknown else top[0][0], float(d[0]), unknown, top))
+        return out
+
+    def predict(self, images: Any, k: int = 5, mode: str = "nn", index: str = "exact") -> list[Prediction]:
+        """One Prediction per image, in order; an unreadable image gets one with `error` set."""
+        items = _image_list(images)
+        emb, errors = self.embed_or_errors(items)
+        names = [describe(x, i) for i, x in enumerate(items)]
+        ok = [i for i in range(len(items)) if i not in errors]
+        found = dict(zip(ok, self.predict_embeddings(emb[ok], k, mode, [names[i] for i in ok], index))) if ok else {}
+        return [found[i] if i in found else Prediction(names[i], None, None, False, [], errors[i])
+                for i in range(len(items))]

@@ -1,0 +1,232 @@
+"""The gallery: reference embeddings of enrolled articles, their prototypes, the calibrated "unknown"
+threshold, and the fingerprint of the model + preprocessing that made them. Pure NumPy / JAX on
+embeddings; `navee_jax.recognize.api.Recognizer` turns images into embeddings.
+
+Order and ties (what makes predictions reproducible and equal to the evaluation suite's classifiers):
+reference images keep the order they were enrolled in, and articles the order of their first enrolment.
+"nn" ranks an article by its nearest reference image, equal distances going to the earlier image (the
+suite's 1-NN rule); "prototype" ranks articles by the distance to the mean of their reference embeddings,
+equal distances going to the earlier article (the suite's smallest-label rule). Removing an article keeps
+the order of the others, so adding articles one at a time and removing some gives the same gallery as
+enrolling the remaining ones at once.
+
+On disk a gallery is a folder: `gallery.json` (articles, fingerprint, calibration) and `gallery.npz`
+(embeddings, article of each image, image references), no pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from navee_jax.errors import UserError
+from navee_jax.losses.distances import pairwise_distances
+from navee_jax.recognize.calibrate import far_threshold, rates
+from navee_jax.recognize.search import ExactIndex, FaissIndex
+
+MODES = ("nn", "prototype")
+INDEXES = ("exact", "faiss")  # exact chunked search, or FAISS IVF (optional, approximate; search.FaissIndex)
+FORMAT_VERSION = 1
+
+
+@jax.jit
+def _segment_means(embeddings: jax.Array, segments: jax.Array, counts: jax.Array) -> jax.Array:
+    sums = jax.ops.segment_sum(embeddings, segments, num_segments=counts.shape[0])
+    return sums / jnp.maximum(counts, 1)[:, None].astype(embeddings.dtype)
+
+
+_squared = jax.jit(lambda x, y: pairwise_distances(x, y, "squared"))
+
+
+def fingerprint_difference(saved: dict[str, Any], now: dict[str, Any]) -> str | None:
+    """'key: A in the gallery, B here (n keys differ)' for the first differing key, or None."""
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    a, b = flat(saved), flat(now)
+    diff = [k for k in sorted(set(a) | set(b)) if k != "checkpoint" and a.get(k) != b.get(k)]
+    if not diff:
+        return None
+    k = diff[0]
+    where = (f" (gallery from {a.get('checkpoint')}, model from {b.get('checkpoint')})"
+             if k == "weights_sha256" else "")
+    return f"{k} is {a.get(k)!r} in the gallery but {b.get(k)!r} here{where}; {len(diff)} key(s) differ"
+
+
+class Gallery:
+    """Reference embeddings (N, D) with their articles; see the module docstring for order and ties."""
+
+    def __init__(self, dim: int, fingerprint: dict[str, Any]):
+        self.fingerprint = fingerprint
+        self.embeddings = np.zeros((0, dim), np.float32)
+        self.image_article = np.zeros((0,), np.int64)  # index into `articles` per reference image
+        self.articles: list[str] = []
+        self.refs: list[str] = []  # where each reference image came from (path or a description)
+        self.calibration: dict[str, Any] | None = None
+        self._prototypes: np.ndarray | None = None
+        self._indexes: dict[tuple[str, str], ExactIndex | FaissIndex] = {}  # built on first search
+
+    def __len__(self) -> int:
+        return len(self.embeddings)
+
+    @property
+    def dim(self) -> int:
+        return self.embeddings.shape[1]
+
+    def add(self, embeddings: np.ndarray, labels: Sequence[str], refs: Sequence[str] | None = None) -> None:
+        """Appends reference images of new or already enrolled articles."""
+        embeddings = np.asarray(embeddings, np.float32)
+        labels = [str(label) for label in labels]
+        if embeddings.ndim != 2 or embeddings.shape[1] != self.dim or len(embeddings) != len(labels):
+            raise UserError(f"enroll: {len(labels)} labels for embeddings of shape {embeddings.shape}; "
+                            f"expected one label per (n, {self.dim}) embedding")
+        if not np.isfinite(embeddings).all():
+            raise UserError("enroll: embeddings contain NaN/inf")
+        refs = list(refs) if refs is not None else [f"enrolled[{len(self) + i}]" for i in range(len(labels))]
+        index = {a: i for i, a in enumerate(self.articles)}
+        for label in labels:
+            if label not in index:
+                index[label] = len(self.articles)
+                self.articles.append(label)
+        self.embeddings = np.concatenate([self.embeddings, embeddings])
+        self.image_article = np.concatenate([self.image_article, np.array([index[x] for x in labels], np.int64)])
+        self.refs += [str(r) for r in refs]
+        self._prototypes, self._indexes = None, {}
+
+    def remove(self, articles: Sequence[str]) -> None:
+        """Removes every reference image of `articles`; an article that is not enrolled is an error."""
+        missing = [a for a in articles if a not in self.articles]
+        if missing:
+            raise UserError(f"remove: article(s) {missing[:5]} are not enrolled ({len(self.articles)} are)")
+        gone = np.isin(np.arange(len(self.articles)), [self.articles.index(a) for a in articles])
+        new_index = np.cumsum(~gone) - 1
+        keep = ~gone[self.image_article]
+        self.embeddings = self.embeddings[keep]
+        self.image_article = new_index[self.image_article[keep]]
+        self.refs = [r for r, k in zip(self.refs, keep) if k]
+        self.articles = [a for a, g in zip(self.articles, gone) if not g]
+        self._prototypes, self._indexes = None, {}
+
+    @property
+    def prototypes(self) -> np.ndarray:
+        """(articles, D) mean reference embedding of each article."""
+        if self._prototypes is None:
+            counts = np.bincount(self.image_article, minlength=len(self.articles))
+            self._prototypes = np.asarray(_segment_means(jnp.asarray(self.embeddings),
+                                                         jnp.asarray(self.image_article, jnp.int32),
+                                                         jnp.asarray(counts, jnp.int32)))
+        return self._prototypes
+
+    def _index(self, mode: str, index: str) -> ExactIndex | FaissIndex:
+        if (mode, index) not in self._indexes:
+            rows = self.prototypes if mode == "prototype" else self.embeddings
+            self._indexes[mode, index] = ExactIndex(rows) if index == "exact" else FaissIndex(rows)
+        return self._indexes[mode, index]
+
+    def search(self, queries: np.ndarray, k: int = 5, mode: str = "nn",
+               index: str = "exact") -> tuple[np.ndarray, np.ndarray]:
+        """(article indices (Q, k'), Euclidean distances (Q, k')) of each query's k' = min(k, articles) best
+        articles, best first: exact (chunked, bounded memory; see module docstring for ties), or with
+        index='faiss' approximate (search.FaissIndex)."""
+        if mode not in MODES:
+            raise UserError(f"mode {mode!r}: use one of {MODES}")
+        if index not in INDEXES:
+            raise UserError(f"index {index!r}: use one of {INDEXES}")
+        if not self.articles:
+            raise UserError("the gallery is empty: enroll reference images first")
+        queries = np.asarray(queries, np.float32)
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise UserError(f"queries of shape {queries.shape}; the gallery holds {self.dim}-d embeddings")
+        k = max(1, min(k, len(self.articles)))
+        if mode == "prototype":
+            d2, idx = self._index(mode, index).search(queries, k)
+            return idx, np.sqrt(d2)
+        # The k-th distinct article ranks at most (k - 1) * (most images of an article) + 1 among images.
+        per_article = int(np.bincount(self.image_article).max())
+        d2, idx = self._index(mode, index).search(queries, (k - 1) * per_article + 1)
+        arts = self.image_article[idx]
+        seen_before = np.tril(arts[:, :, None] == arts[:, None, :], -1).any(axis=2)
+        first = np.argsort(seen_before, axis=1, kind="stable")[:, :k]  # first occurrences, in rank order
+        return np.take_along_axis(arts, first, axis=1), np.sqrt(np.take_along_axis(d2, first, axis=1))
+
+    def threshold(self, mode: str) -> float | None:
+        return None if self.calibration is None else self.calibration[mode]["threshold"]
+
+    def match_scores(self, queries: np.ndarray, labels: Sequence[str], mode: str) -> tuple[np.ndarray, np.ndarray]:
+        """(positive, negative) calibration scores of labelled held-out queries: the distance to their own
+        article when it is enrolled, and the distance to the best other article (see calibrate.py)."""
+        labels = [str(label) for label in labels]
+        arts, dist = self.search(queries, k=2, mode=mode)
+        index = {a: i for i, a in enumerate(self.articles)}
+        own = np.array([index.get(label, -1) for label in labels])
+        negative = np.where(arts[:, 0] != own, dist[:, 0], dist[:, -1])
+        valid_negative = (arts[:, 0] != own) | (arts.shape[1] > 1)
+        positive = []
+        for q, a in zip(np.asarray(queries, np.float32), own):
+            if a < 0:
+                continue
+            refs = self.prototypes[a:a + 1] if mode == "prototype" else self.embeddings[self.image_article == a]
+            positive.append(np.sqrt(np.asarray(_squared(q[None], refs)).min()))
+        return np.array(positive, np.float32), negative[valid_negative]
+
+    def calibrate(self, queries: np.ndarray, labels: Sequence[str], target_far: float) -> dict[str, Any]:
+        """Sets and returns the unknown threshold of each mode for `target_far`, from held-out labelled
+        embeddings (photos of enrolled articles not in the gallery, and/or of articles not enrolled)."""
+        if len(queries) != len(labels):
+            raise UserError(f"calibrate: {len(labels)} labels for {len(queries)} images")
+        calibration: dict[str, Any] = {"target_far": float(target_far), "articles": len(self.articles)}
+        for mode in MODES:
+            positive, negative = self.match_scores(queries, labels, mode)
+            t = far_threshold(negative, target_far)
+            calibration[mode] = {"threshold": t, **rates(positive, negative, t),
+                                 "positive_median": float(np.median(positive)) if len(positive) else None,
+                                 "negative_median": float(np.median(negative))}
+        self.calibration = calibration
+        return calibration
+
+    def check_compatible(self, fingerprint: dict[str, Any], where: str) -> None:
+        """Refuses (one line, saying what differs) a gallery made by another model or preprocessing."""
+        problem = fingerprint_difference(self.fingerprint, fingerprint)
+        if problem:
+            raise UserError(f"gallery {where} was made by a different model or preprocessing: {problem}; "
+                            f"enroll the references again with this model")
+
+    def save(self, path: str) -> None:
+        os.makedirs(path, exist_ok=True)
+        np.savez(os.path.join(path, "gallery.npz"), embeddings=self.embeddings, image_article=self.image_article,
+                 refs=np.array(self.refs, dtype=np.str_))
+        meta = {"format": FORMAT_VERSION, "dim": self.dim, "articles": self.articles,
+                "fingerprint": self.fingerprint, "calibration": self.calibration}
+        tmp = os.path.join(path, "gallery.json.tmp")
+        with open(tmp, "w") as f:
+            json.dump(meta, f, indent=1)
+        os.replace(tmp, os.path.join(path, "gallery.json"))
+
+    @classmethod
+    def load(cls, path: str) -> Gallery:
+        meta_path, arrays_path = os.path.join(path, "gallery.json"), os.path.join(path, "gallery.npz")
+        if not (os.path.isfile(meta_path) and os.path.isfile(arrays_path)):
+            raise UserError(f"gallery {path!r}: not a gallery folder (needs gallery.json and gallery.npz; "
+                            f"make one with `python -m navee_jax.recognize enroll`)")
+        try:
+            with open(meta_path) as f:
+                meta = json.load(f)
+            with np.load(arrays_path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in ("embeddings", "image_article", "refs")}
+        except Exception as e:  # json / zip / numpy raise many types; all mean "damaged"
+            raise UserError(f"gallery {path!r} is unreadable: {type(e).__name__}: {e}") from None
+        if meta.get("format") != FORMAT_VERSION:
+            raise UserError(f"gallery {path!r}: format {meta.get('format')!r}, this version reads {FORMAT_VERSION}")
+        g = cls(meta["dim"], meta["fingerprint"])
+        g.embeddings, g.image_article = arrays["embeddings"].astype(np.float32), arrays["image_article"]
+        g.refs, g.articles = [str(r) for r in arrays["refs"]], list(meta["articles"])
+        g.calibration = meta["calibration"]
+        return g
