@@ -10,7 +10,7 @@ from sklearn.neighbors import NearestCentroid, NearestNeighbors
 from navee_jax.errors import UserError
 from navee_jax.recognize.calibrate import far_threshold, rates
 from navee_jax.recognize.gallery import Gallery
-from navee_jax.recognize.search import exact_top_k
+from navee_jax.recognize.search import exact_top_k, faiss_available
 
 FP = {"model": {"embed_dim": 8}, "preprocessing": {"image_size": 28}, "weights_sha256": "abc", "checkpoint": "w/1"}
 
@@ -132,3 +132,16 @@ def test_calibration_scores_against_brute_force_and_save_load(tmp_path):
     with pytest.raises(UserError, match=r"preprocessing.image_size is 28 in the gallery but 32 here"):
         loaded.check_compatible(other_fp, "g")
     loaded.check_compatible({**FP, "checkpoint": "elsewhere/1"}, "g")  # same weights from a copied workdir: fine
+
+
+@pytest.mark.skipif(not faiss_available(), reason="FAISS is not installed (optional: pip install -e '.[faiss]')")
+def test_faiss_index_behind_the_same_api_finds_the_exact_neighbours_of_clustered_data():
+    rng = np.random.default_rng(6)
+    refs, ref_lab, qs, _ = _clustered(rng, articles=300, per=4, queries=1, dim=16)
+    g = Gallery(16, FP)
+    g.add(refs, [f"a{c}" for c in ref_lab])
+    exact_arts, exact_d = g.search(qs, k=3)
+    faiss_arts, faiss_d = g.search(qs, k=3, index="faiss")
+    assert np.mean(faiss_arts[:, 0] == exact_arts[:, 0]) >= 0.95  # approximate: recall@1, not equality
+    same = faiss_arts[:, 0] == exact_arts[:, 0]
+    np.testing.assert_allclose(faiss_d[same, 0], exact_d[same, 0], rtol=1e-4, atol=1e-5)
