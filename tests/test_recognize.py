@@ -205,3 +205,23 @@ def test_exported_stablehlo_and_savedmodel_reproduce_embed(tmp_path, workdir, re
     assert np.abs(stablehlo - want).max() <= 1e-5 and np.abs(tf_out - want).max() <= 1e-5
     assert stablehlo.shape == (13, rec.dim)  # another batch size than the recognizer's: the batch is symbolic
     assert json.loads((out / "preprocessing.json").read_text())["weights_sha256"] == rec.fingerprint["weights_sha256"]
+
+
+def test_pil_images_and_arrays_embed_like_their_files_and_bad_input_is_one_line(tmp_path, rec, split):
+    from PIL import Image
+
+    paths = split[0][:3]
+    pil = [Image.open(p) for p in paths]  # PNG: lossless, so PIL and tf.io decode the same pixels
+    arrays = np.stack([np.asarray(im.convert("RGB")) for im in pil])
+    want = rec.embed(paths)
+    np.testing.assert_array_equal(rec.embed(pil), want)
+    np.testing.assert_array_equal(rec.embed(arrays), want)  # an (N, H, W, 3) batch
+    emb, errors = rec.embed_or_errors([paths[0], np.zeros((4, 4), np.float32), paths[1]])
+    assert list(errors) == [1] and "expected uint8" in errors[1] and np.isnan(emb[1]).all()
+    np.testing.assert_array_equal(emb[[0, 2]], want[:2])
+    with pytest.raises(UserError, match="is not a training workdir"):
+        Recognizer.load(str(tmp_path))
+    with pytest.raises(UserError, match="2 labels for 3 images"):
+        rec.enroll(paths, ["a", "b"])
+    with pytest.raises(UserError, match="not a gallery folder"):
+        rec.load_gallery(str(tmp_path))

@@ -14,6 +14,7 @@ transparent PIL images composited on white as files are.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import hashlib
 import json
@@ -208,16 +209,21 @@ class Recognizer:
         errors: dict[int, str] = {}
         files: list[tuple[int, str, bool]] = []
         pixels: dict[tuple[int, ...], list[tuple[int, np.ndarray]]] = {}
+        on_disk = [i for i, x in enumerate(items) if isinstance(x, (str, os.PathLike))]
+        # Every file is fully decoded once up front (as the catalogue does), so tf.data never meets a bad one.
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            inspected = pool.map(inspect_image, [os.fspath(items[i]) for i in on_disk])
+        for i, (why, _, transparent) in zip(on_disk, inspected):
+            if why:
+                errors[i] = why
+            else:
+                files.append((i, os.fspath(items[i]), transparent))
         for i, item in enumerate(items):
+            if isinstance(item, (str, os.PathLike)):
+                continue
             try:
-                if isinstance(item, (str, os.PathLike)):
-                    why, _, transparent = inspect_image(os.fspath(item))
-                    if why:
-                        raise ValueError(why)
-                    files.append((i, os.fspath(item), transparent))
-                else:
-                    array = _as_rgb(item) if isinstance(item, Image.Image) else _as_pixels(np.asarray(item))
-                    pixels.setdefault(array.shape, []).append((i, array))
+                array = _as_rgb(item) if isinstance(item, Image.Image) else _as_pixels(np.asarray(item))
+                pixels.setdefault(array.shape, []).append((i, array))
             except (ValueError, OSError) as e:
                 errors[i] = str(e)
         out = np.full((len(items), self.dim), np.nan, np.float32)
