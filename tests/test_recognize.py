@@ -169,6 +169,11 @@ def test_cli_enroll_predict_bad_image_and_gallery_check(tmp_path, workdir, rec, 
     assert lines[0] == "image,article,distance,unknown,top_k,error" and len(lines) == 3
 
     first = min(os.listdir(os.path.join(workdir, "checkpoints")), key=int)
+    loo = str(tmp_path / "loo")  # without --calibration: leave-one-out on the references
+    assert cli_main(["enroll", f"--workdir={workdir}", f"--references={refs}", f"--gallery={loo}"]) == 0
+    assert "(leave-one-out on the references)" in capsys.readouterr().out
+    assert Gallery.load(loo).calibration["nn"]["negatives"] == len(s_paths)
+
     other = Recognizer.load(os.path.join(workdir, "checkpoints", first))  # epoch 1's weights
     with pytest.raises(UserError, match="different model or preprocessing: weights_sha256"):
         other.load_gallery(gallery)

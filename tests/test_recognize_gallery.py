@@ -145,3 +145,29 @@ def test_faiss_index_behind_the_same_api_finds_the_exact_neighbours_of_clustered
     assert np.mean(faiss_arts[:, 0] == exact_arts[:, 0]) >= 0.95  # approximate: recall@1, not equality
     same = faiss_arts[:, 0] == exact_arts[:, 0]
     np.testing.assert_allclose(faiss_d[same, 0], exact_d[same, 0], rtol=1e-4, atol=1e-5)
+
+
+def test_leave_one_out_calibration_against_brute_force():
+    rng = np.random.default_rng(7)
+    refs, ref_lab, _, _ = _clustered(rng, articles=8, per=4)
+    refs, ref_lab = refs[:-3], ref_lab[:-3]  # the last article keeps one image: negatives only
+    g = Gallery(8, FP)
+    g.add(refs, [f"a{c}" for c in ref_lab])
+    cal = g.calibrate_leave_one_out(target_far=0.2)
+    d = np.sqrt(((refs[:, None] - refs[None]) ** 2).sum(-1))
+    same = ref_lab[:, None] == ref_lab[None]
+    np.fill_diagonal(d, np.inf)
+    has_other = np.bincount(ref_lab)[ref_lab] >= 2
+    pos_nn = np.where(same, d, np.inf).min(axis=1)[has_other]
+    neg_nn = np.where(same, np.inf, d).min(axis=1)
+    means = np.stack([refs[ref_lab == c].mean(axis=0) for c in range(8)])
+    loo = np.stack([(refs[ref_lab == c].sum(0) - x) / max(np.sum(ref_lab == c) - 1, 1) for x, c in zip(refs, ref_lab)])
+    pos_proto = np.linalg.norm(refs - loo, axis=1)[has_other]
+    dp = np.linalg.norm(refs[:, None] - means[None], axis=-1)
+    neg_proto = np.where(np.arange(8)[None] == ref_lab[:, None], np.inf, dp).min(axis=1)
+    for mode, pos, neg in (("nn", pos_nn, neg_nn), ("prototype", pos_proto, neg_proto)):
+        c = cal[mode]
+        assert (c["positives"], c["negatives"]) == (len(pos), len(neg))
+        assert c["far"] == pytest.approx(np.mean(neg <= c["threshold"])) and c["far"] <= 0.2
+        assert c["recall"] == pytest.approx(np.mean(pos <= c["threshold"]))
+    assert cal["source"] == "leave-one-out on the references"

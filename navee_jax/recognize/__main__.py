@@ -1,18 +1,20 @@
 r"""Recognise new articles from the command line.
 
     python -m navee_jax.recognize enroll --workdir=W --references=DIR --gallery=G \
-        [--calibration=DIR --target_far=0.01] [--checkpoint=best]
+        [--calibration=DIR] [--target_far=0.01] [--checkpoint=best]
     python -m navee_jax.recognize predict --gallery=G IMAGES... | --images=DIR [--top_k=5] [--mode=nn|prototype]
         [--format=csv|json] [--index=exact|faiss] [--workdir=W]
     python -m navee_jax.recognize embed --workdir=W < paths.txt > embeddings.txt
     python -m navee_jax.recognize export --workdir=W --out=DIR
 
-enroll: references are `DIR/.../<article>/<image>` (the article is the folder's path under DIR); with
---calibration (held-out photos laid out the same way, of enrolled and/or other articles) the "unknown"
-threshold is set for the target false-accept rate and stored in the gallery. predict: one row per image,
-to stdout; the model is the gallery's own checkpoint unless --workdir names another (which must be the same
-model). embed: image paths on stdin, one a line; one embedding a line (space-separated floats) on stdout in
-the same order. export: the embedding function as serialised StableHLO and as a TensorFlow SavedModel.
+enroll: references are `DIR/.../<article>/<image>` (the article is the folder's path under DIR); the "unknown"
+threshold is set for the target false-accept rate and stored in the gallery, calibrated on --calibration
+(held-out photos laid out the same way, of enrolled and/or other articles) or, without it, by leave-one-out
+on the references (each reference against the gallery without it; recall then is optimistic).
+predict: one row per image, to stdout; the model is the gallery's own checkpoint unless --workdir names
+another (which must be the same model). embed: image paths on stdin, one a line; one embedding a line
+(space-separated floats) on stdout in the same order. export: the embedding function as serialised StableHLO
+and as a TensorFlow SavedModel.
 
 An unreadable image gives an error row (predict) or a line of NaNs (embed) and a message on stderr, the
 others are processed, and the exit status is 1. Bad input (flags, workdir, gallery) is one line on stderr,
@@ -47,7 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", default=None, help="best (default), latest or a saved step")
     e.add_argument("--references", required=True, help="DIR/.../<article>/<image>")
     e.add_argument("--gallery", required=True, help="gallery folder to write (added to when it exists)")
-    e.add_argument("--calibration", default=None, help="held-out photos DIR/.../<article>/<image>")
+    e.add_argument("--calibration", default=None,
+                   help="held-out photos DIR/.../<article>/<image> (default: leave-one-out on the references)")
     e.add_argument("--target_far", type=float, default=0.01, help="false-accept rate of the unknown threshold")
     pr = sub.add_parser("predict", help="top-k articles of each image, or unknown")
     pr.add_argument("--gallery", required=True)
@@ -95,18 +98,16 @@ def _enroll(args) -> int:
         print(line)
     g = rec.gallery
     print(f"enrolled {len(g)} reference images of {len(g.articles)} articles")
+    # Always recalibrated: the gallery changed, and the threshold depends on what is enrolled.
     if args.calibration:
         cal = rec.calibrate_folder(args.calibration, args.target_far)
-        for mode in ("nn", "prototype"):
-            c = cal[mode]
-            print(f"{mode}: unknown threshold {c['threshold']:.4f} for target FAR {args.target_far}: FAR "
-                  f"{c['far']:.4f} on {c['negatives']} negatives, recall {c['recall']:.4f} on {c['positives']} "
-                  f"positives (calibration set)")
-    elif g.calibration:
-        print(f"kept the gallery's unknown threshold, calibrated with {g.calibration['articles']} articles (now "
-              f"{len(g.articles)}); pass --calibration to recalibrate")
     else:
-        print("no --calibration: the gallery has no unknown threshold; every image gets its best match")
+        cal = rec.gallery.calibrate_leave_one_out(args.target_far)
+    for mode in ("nn", "prototype"):
+        c = cal[mode]
+        print(f"{mode}: unknown threshold {c['threshold']:.4f} for target FAR {args.target_far}: FAR "
+              f"{c['far']:.4f} on {c['negatives']} negatives, recall {c['recall']:.4f} on {c['positives']} "
+              f"positives ({cal['source']})")
     rec.save_gallery(args.gallery)
     print(f"wrote {args.gallery}")
     return 0

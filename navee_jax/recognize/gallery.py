@@ -160,31 +160,63 @@ class Gallery:
     def threshold(self, mode: str) -> float | None:
         return None if self.calibration is None else self.calibration[mode]["threshold"]
 
+    def _negative_scores(self, queries: np.ndarray, own: np.ndarray, mode: str) -> np.ndarray:
+        """Distance of each query to the best article other than `own` (its article index, -1: not enrolled)."""
+        arts, dist = self.search(queries, k=2, mode=mode)
+        negative = np.where(arts[:, 0] != own, dist[:, 0], dist[:, -1])
+        return negative[(arts[:, 0] != own) | (arts.shape[1] > 1)]  # a one-article gallery has no other
+
     def match_scores(self, queries: np.ndarray, labels: Sequence[str], mode: str) -> tuple[np.ndarray, np.ndarray]:
         """(positive, negative) calibration scores of labelled held-out queries: the distance to their own
         article when it is enrolled, and the distance to the best other article (see calibrate.py)."""
-        labels = [str(label) for label in labels]
-        arts, dist = self.search(queries, k=2, mode=mode)
         index = {a: i for i, a in enumerate(self.articles)}
-        own = np.array([index.get(label, -1) for label in labels])
-        negative = np.where(arts[:, 0] != own, dist[:, 0], dist[:, -1])
-        valid_negative = (arts[:, 0] != own) | (arts.shape[1] > 1)
+        own = np.array([index.get(str(label), -1) for label in labels])
         positive = []
         for q, a in zip(np.asarray(queries, np.float32), own):
             if a < 0:
                 continue
             refs = self.prototypes[a:a + 1] if mode == "prototype" else self.embeddings[self.image_article == a]
             positive.append(np.sqrt(np.asarray(_squared(q[None], refs)).min()))
-        return np.array(positive, np.float32), negative[valid_negative]
+        return np.array(positive, np.float32), self._negative_scores(queries, own, mode)
+
+    def leave_one_out_scores(self, mode: str) -> tuple[np.ndarray, np.ndarray]:
+        """(positive, negative) scores of the reference images themselves: each image of an article with >= 2
+        images against its article without it (its nearest other image, or the mean of the others), and every
+        image against the best other article (which its own presence does not change)."""
+        positive = []
+        for a in range(len(self.articles)):
+            m = self.embeddings[self.image_article == a]
+            if len(m) < 2:
+                continue
+            if mode == "nn":
+                d2 = np.array(_squared(m, m))  # a writable copy
+                np.fill_diagonal(d2, np.inf)
+                positive.append(np.sqrt(d2.min(axis=1)))
+            else:
+                others = (m.sum(axis=0) - m) / (len(m) - 1)
+                positive.append(np.sqrt(np.sum(np.square(m - others), axis=1)))
+        positive = np.concatenate(positive) if positive else np.zeros(0, np.float32)
+        return positive, self._negative_scores(self.embeddings, self.image_article, mode)
 
     def calibrate(self, queries: np.ndarray, labels: Sequence[str], target_far: float) -> dict[str, Any]:
         """Sets and returns the unknown threshold of each mode for `target_far`, from held-out labelled
         embeddings (photos of enrolled articles not in the gallery, and/or of articles not enrolled)."""
         if len(queries) != len(labels):
             raise UserError(f"calibrate: {len(labels)} labels for {len(queries)} images")
-        calibration: dict[str, Any] = {"target_far": float(target_far), "articles": len(self.articles)}
+        return self._set_calibration(lambda mode: self.match_scores(queries, labels, mode), target_far,
+                                     f"{len(queries)} held-out images")
+
+    def calibrate_leave_one_out(self, target_far: float) -> dict[str, Any]:
+        """`calibrate` without held-out images: each reference image scored against the gallery without it
+        (`leave_one_out_scores`). The negatives are as good as held-out ones (an image against the other
+        articles); the positives, photos from the reference set itself, make the recall optimistic."""
+        return self._set_calibration(self.leave_one_out_scores, target_far, "leave-one-out on the references")
+
+    def _set_calibration(self, scores, target_far: float, source: str) -> dict[str, Any]:
+        calibration: dict[str, Any] = {"target_far": float(target_far), "articles": len(self.articles),
+                                       "source": source}
         for mode in MODES:
-            positive, negative = self.match_scores(queries, labels, mode)
+            positive, negative = scores(mode)
             t = far_threshold(negative, target_far)
             calibration[mode] = {"threshold": t, **rates(positive, negative, t),
                                  "positive_median": float(np.median(positive)) if len(positive) else None,
