@@ -5,6 +5,9 @@ after ':' in --config=configs/X.py:variant):
 - '' (default): scikit-learn's bundled digits, classes 0-5 train, 6-9 held out; ResNet-18 at 32x32.
 - 'omniglot': one Omniglot alphabet (Korean: 40 characters x 20 drawers) from ../shared/data, 30 characters
   train and 10 unseen ones drawn by the seed are held out; Conv-4 at 28x28 (the few-shot papers' setting).
+- 'omniglot_all': all ten alphabets of both background-small folders of ../shared/data/omniglot, the second
+  copies of Greek and Latin skipped as exact duplicates: 242 distinct characters, 200 train and 42 unseen ones
+  (enough for 20-way episodes) drawn by the seed are held out; otherwise as 'omniglot'.
 """
 
 import os
@@ -18,8 +21,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # The project's real data sets live beside the repository (../shared/data), never in it.
 SHARED_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.pardir, "shared", "data")
-OMNIGLOT_KOREAN = os.path.normpath(os.path.join(SHARED_DATA, "omniglot", "images_background_small1", "Korean"))
-VARIANTS = ("", "omniglot")
+OMNIGLOT = os.path.normpath(os.path.join(SHARED_DATA, "omniglot"))
+OMNIGLOT_KOREAN = os.path.join(OMNIGLOT, "images_background_small1", "Korean")
+VARIANTS = ("", "omniglot", "omniglot_all")
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
@@ -79,12 +83,13 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.model.head_batchnorm = False  # BatchNorm on the projection, before the optional L2 normalisation
 
     c.sampler = ml_collections.ConfigDict()
-    c.sampler.kind = "pk"  # pk | pairs | triplets | episodes: what a train batch is (each loss names its kinds)
+    c.sampler.kind = "pk"  # pk | pairs | triplets | episodes | tasks: what a train batch is (each loss names its kinds)
     c.sampler.classes_per_batch = 6  # P
     c.sampler.images_per_class = 8  # K; the global batch is P*K
     c.sampler.ways = 5  # episodic methods: N classes per episode ...
     c.sampler.shots = 1  # ... K support images each (filled with augmented copies when a class is short) ...
     c.sampler.queries = 5  # ... and Q query images each
+    c.sampler.tasks_per_batch = 32  # 'tasks' (MAML): episodes per meta-batch, sharded over devices
     c.sampler.tuples_per_batch = 32  # pair / triplet samplers: pairs or triplets per global batch ...
     c.sampler.p_same = 0.5  # ... each pair is of one class with this probability (the study's contrastive setup)
 
@@ -114,8 +119,11 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.eval.classifiers = ("1nn", "prototype")  # logreg and mlp fit a model per episode: slower
     c.eval.baselines = ("raw pixels", "HOG")
     c.eval.metric = "euclidean"  # retrieval distance: euclidean | cosine
-    if variant == "omniglot":
+    if variant in ("omniglot", "omniglot_all"):
         _omniglot(c)
+    if variant == "omniglot_all":
+        c.data.root, c.data.group_level = OMNIGLOT, 1  # <folder>/<alphabet>/<character>: groups are alphabets
+        c.split.num_heldout_classes = 42
     return c
 
 

@@ -131,7 +131,8 @@ def _distance_matrix(query_emb: jax.Array, support_emb: jax.Array, chunk: int = 
                             for i in range(0, query_emb.shape[0], chunk)])
 
 
-def _summary(acc: np.ndarray) -> dict[str, float]:
+def accuracy_summary(acc: np.ndarray) -> dict[str, float]:
+    """{"accuracy": mean episode accuracy, "ci95": its 95% half-width} (see the module docstring)."""
     ci = 1.96 * acc.std(ddof=1) / np.sqrt(len(acc)) if len(acc) > 1 else float("nan")
     return {"accuracy": float(acc.mean()), "ci95": float(ci)}
 
@@ -211,7 +212,7 @@ def few_shot_grid(support_emb: np.ndarray, support_labels: np.ndarray, query_emb
                                             neighbours, n)
             hits = (np.asarray(pred) == eps.query_labels) & eps.query_mask
             acc = hits.sum(axis=1) / eps.query_mask.sum(axis=1)
-        report[name] = {**_summary(acc), **cell}
+        report[name] = {**accuracy_summary(acc), **cell}
     return report
 
 

@@ -36,7 +36,9 @@ class HeldoutEvaluator:
         out, bs = [], self.config.eval.batch_size
         for images in eval_batches(self.catalogue, self.images, self.config.data, bs):
             n = len(images)
-            padded = np.concatenate([images, np.zeros((bs - n, *images.shape[1:]), images.dtype)])
+            # Padded with copies of the batch's own images, not zeros: a network whose BatchNorm uses batch
+            # statistics (MAML) would otherwise normalise with statistics of blank images.
+            padded = np.concatenate([images, images[np.arange(bs - n) % n]])
             # Multi-host: each process feeds its share of the batch; the embeddings come back replicated.
             share = process_share(padded, jax.process_index(), jax.process_count())
             out.append(np.asarray(self.embed_fn(state, shard_batch(share, self.mesh)))[:n])

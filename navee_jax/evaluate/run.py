@@ -4,7 +4,9 @@ held-out classes of the config's data and split, into `workdir/report/` (report.
 Feature sources: the trained embedding (`--checkpoint=best|latest|<step>`; skipped with a note when the
 workdir has none), the network at initialisation (untrained, or `model.pretrained` weights), and the
 `eval.baselines` on pixels ('raw pixels', 'HOG'). Each gets retrieval metrics (mAP, MAP@R, Recall@K),
-the N x K grid with 1-NN and the standard 5-way 1-/5-shot protocol with every `eval.classifiers`.
+the N x K grid with 1-NN and the standard 5-way 1-/5-shot protocol with every `eval.classifiers`. For MAML the
+features are Conv-4's (navee_jax.meta.train.make_feature_fn), and the standard protocol adds the
+`sampler.ways`-way 1-/5-shot cells of fine-tuning on each episode ("maml fine-tuning", navee_jax.meta.evaluate).
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from navee_jax.errors import UserError
 from navee_jax.evaluate import figures
 from navee_jax.evaluate.baselines import BASELINES, features_for
 from navee_jax.evaluate.fewshot import few_shot_grid, standard_protocol
-from navee_jax.evaluate.heldout import HeldoutEvaluator
 from navee_jax.evaluate.report import write_report
 from navee_jax.evaluate.retrieval import retrieval_metrics
 from navee_jax.train.checkpoints import Checkpoints
@@ -77,7 +78,7 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, checkpoint: st
     setup = build_setup(config)
     catalogue, split = setup.catalogue, setup.split
     support_labels, query_labels = catalogue.labels[split.support], catalogue.labels[split.query]
-    evaluator = HeldoutEvaluator(catalogue, split, config, setup.embed_fn, setup.mesh)
+    evaluator = setup.evaluator
 
     networks = {}
     restored = _restore(setup, workdir, checkpoint)
@@ -111,6 +112,13 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, checkpoint: st
         figs[f"{name}: N-way K-shot 1-NN accuracy"] = figures.accuracy_heatmap(
             results["sources"][name]["grid"], os.path.join(report_dir, f"grid_{slug}.png"), title=name)
 
+    fine_tune = getattr(evaluator, "fine_tune", None)  # MAML: fine-tune on each episode's support set
+    if fine_tune is not None:
+        for name, (state, _) in networks.items():
+            print(f"evaluate: {name}, MAML fine-tuning")
+            cells = fine_tune(state, (1, 5), config.eval.standard_episodes, config.seed)
+            results["sources"][name]["standard"] += [{"classifier": "maml fine-tuning", **c} for c in _cells(cells)]
+
     main = next(iter(embedded))  # the trained embedding when there is one, else the initial network
     support, query = embedded[main]
     pos, neg = figures.pair_distances(np.concatenate([support, query]),
@@ -130,8 +138,8 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, checkpoint: st
 
     json_path, md_path = write_report(report_dir, results, figs)
     for name, r in results["sources"].items():
-        one_shot = next((c for c in r["standard"] if c["shots"] == 1 and "accuracy" in c), None)
-        shot = f"; 5-way 1-shot {one_shot['classifier']} {one_shot['accuracy']:.4f}" if one_shot else ""
+        shot = "".join(f"; {c['ways']}-way 1-shot {c['classifier']} {c['accuracy']:.4f}"
+                       for c in r["standard"] if c["shots"] == 1 and "accuracy" in c)
         print(f"{name}: mAP {r['retrieval']['map']:.4f}{shot}")
     print(f"wrote {md_path} and {json_path}")
     return results

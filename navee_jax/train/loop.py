@@ -20,12 +20,17 @@ from navee_jax.data.sources import load_catalogue
 from navee_jax.data.splits import Split, make_split, write_split
 from navee_jax.errors import UserError
 from navee_jax.evaluate.heldout import HeldoutEvaluator
+from navee_jax.meta import train as meta_train
+from navee_jax.meta.evaluate import FineTuneEpisodes, MamlHeldoutEvaluator
 from navee_jax.models import build_model
 from navee_jax.train.checkpoints import Checkpoints
 from navee_jax.train.progress import Progress
 from navee_jax.train.objectives import Objective, epoch_batches, images_per_step, make_objective
 from navee_jax.train.sharding import check_divisible, make_mesh, replicated, shard_step_batch
 from navee_jax.train.step import TrainState, image_normalizer, init_train_state, make_embed_fn, make_train_step
+
+# The held-out evaluators' few-shot reports and how the final lines name them.
+FEW_SHOT_KEYS = {"few_shot_1nn": "1-NN", "few_shot_maml": "MAML fine-tuned"}
 
 # Below this embedding spread (see train.step.embedding_spread) the run is reported as collapsed.
 COLLAPSE_SPREAD = 1e-2
@@ -94,31 +99,48 @@ class Setup:
     state: TrainState  # freshly initialised (or pretrained) and replicated on the mesh
     train_step: Callable
     embed_fn: Callable
+    evaluator: HeldoutEvaluator  # held-out mAP and few-shot episodes, after each epoch and in --mode=evaluate
 
 
 def build_setup(config: ml_collections.ConfigDict) -> Setup:
+    if config.loss.name == "maml":
+        meta_train.check_config(config)  # before the data loads: a bad setting is one line, at once
     catalogue, split = prepare_data(config)
     mesh = make_mesh()
     objective = make_objective(config, catalogue.labels[split.train])
     batch_size = images_per_step(config)
-    check_divisible(batch_size, mesh, f"the images per {config.sampler.kind} batch")
+    if objective.sampler == "tasks":  # the task axis is what is sharded
+        check_divisible(config.sampler.tasks_per_batch, mesh, "sampler.tasks_per_batch")
+    else:
+        check_divisible(batch_size, mesh, f"the images per {config.sampler.kind} batch")
     check_divisible(config.eval.batch_size, mesh, "eval.batch_size")
     steps_per_epoch = config.train.steps_per_epoch or math.ceil(len(split.train) / batch_size)
     schedule = optax.exponential_decay(
         config.optim.lr, transition_steps=max(1, config.optim.decay_every_epochs * steps_per_epoch),
         decay_rate=config.optim.decay_factor, staircase=True)
     tx = optax.adamw(schedule, weight_decay=config.optim.weight_decay)
-    # The loss's own parameters (proxies) learn at loss.params_lr_multiplier x the schedule, no decay.
+    # The loss's own parameters (proxies, Meta-SGD's step sizes) learn at loss.params_lr_multiplier x the
+    # schedule, no decay.
     loss_tx = optax.adam(lambda count: schedule(count) * config.loss.get("params_lr_multiplier", 1.0))
+    prepare = image_normalizer(config.data, config.model.in_channels)
+    if objective.loss is None:  # MAML: a meta-step on the parameters (navee_jax.meta)
+        model = meta_train.build_network(config, nnx.Rngs(config.seed))
+        graphdef, state = meta_train.init_state(model, tx, loss_tx, config.loss)
+        embed_fn = meta_train.make_feature_fn(graphdef, mesh, prepare)
+        fine_tune = FineTuneEpisodes(catalogue, split, config, graphdef, mesh, prepare)
+        return Setup(catalogue, split, mesh, objective, steps_per_epoch, schedule, graphdef, graphdef,
+                     jax.device_put(state, replicated(mesh)),
+                     meta_train.make_meta_step(graphdef, tx, loss_tx, mesh, prepare, config), embed_fn,
+                     MamlHeldoutEvaluator(catalogue, split, config, embed_fn, mesh, fine_tune))
     model = build_model(config.model, nnx.Rngs(config.seed), config.data.image_size)
     frozen = tuple(config.model.frozen_stages)
     graphdef, eval_graphdef, state = init_train_state(model, tx, config.model.frozen_batchnorm, frozen,
                                                       objective.init_params(jax.random.key(config.seed)), loss_tx)
-    prepare = image_normalizer(config.data, config.model.in_channels)
+    embed_fn = make_embed_fn(eval_graphdef, mesh, prepare)
     return Setup(catalogue, split, mesh, objective, steps_per_epoch, schedule, graphdef, eval_graphdef,
                  jax.device_put(state, replicated(mesh)),
-                 make_train_step(graphdef, tx, objective.loss, mesh, prepare, frozen, loss_tx),
-                 make_embed_fn(eval_graphdef, mesh, prepare))
+                 make_train_step(graphdef, tx, objective.loss, mesh, prepare, frozen, loss_tx), embed_fn,
+                 HeldoutEvaluator(catalogue, split, config, embed_fn, mesh))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -128,7 +150,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     steps_per_epoch, schedule, train_step = setup.steps_per_epoch, setup.schedule, setup.train_step
     num_epochs = config.train.num_epochs
     total_steps = num_epochs * steps_per_epoch
-    evaluate = HeldoutEvaluator(catalogue, split, config, setup.embed_fn, mesh)
+    evaluate = setup.evaluator
 
     os.makedirs(workdir, exist_ok=True)
     ckpt = Checkpoints(workdir, config.train.keep_checkpoints)
@@ -182,11 +204,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     _write_json(os.path.join(workdir, "metrics.json"), results)
     print(f"final held-out mAP {final['map']:.4f} (at initialisation {initial['map']:.4f}) "
           f"over {final['queries_scored']} queries")
-    for name, r in final["few_shot_1nn"].items():
-        was = initial["few_shot_1nn"][name]
-        print(f"{name} 1-NN accuracy " + (f"{r['accuracy']:.4f} +- {r['ci95']:.4f} ({r['episodes']} episodes; "
-                                         f"{was['accuracy']:.4f} at initialisation)"
-                                         if "accuracy" in r else f"skipped: {r['skipped']}"))
+    for key, how in FEW_SHOT_KEYS.items():
+        for name, r in final.get(key, {}).items():
+            was = initial.get(key, {}).get(name, {})
+            print(f"{name} {how} accuracy " + (
+                f"{r['accuracy']:.4f} +- {r['ci95']:.4f} ({r['episodes']} episodes; "
+                + (f"{was['accuracy']:.4f} at initialisation)" if "accuracy" in was else "not run at initialisation)")
+                if "accuracy" in r else f"skipped: {r['skipped']}"))
     print(f"trained {total_steps - start_epoch * steps_per_epoch} steps in {time.perf_counter() - train_start:.1f}s; "
           f"wrote {os.path.join(workdir, 'metrics.json')}")
     return results
@@ -212,7 +236,8 @@ class IntervalReport:
         """Returns the interval's mean loss."""
         logged = {**average_finite_metrics(pending, step, self.config), "lr": float(self.schedule(step - 1))}
         print(self.progress.line(step, epoch, num_epochs, logged))
-        if logged["spread"] < COLLAPSE_SPREAD and not self.warned_collapse:
+        # MAML's step reports no embedding spread: its network outputs class logits, not embeddings.
+        if logged.get("spread", math.inf) < COLLAPSE_SPREAD and not self.warned_collapse:
             self.warned_collapse = True
             print(f"warning: the embedding has collapsed at step {step} (all training images map to nearly one "
                   f"point: spread {logged['spread']:.2g}); retrieval numbers from it are not trustworthy: "

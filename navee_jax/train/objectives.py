@@ -3,7 +3,9 @@
 The train step embeds `batch["images"]` of any leading shape ((B,) PK batches, (n, 2) pairs, (n, 3)
 triplets, (N*(K+Q),) an episode's support then queries) and hands the embeddings, shaped like those
 leading axes, to `Objective.loss` with the batch and the loss's own learned parameters (proxy-anchor's
-proxies; empty for every other loss).
+proxies; empty for every other loss). MAML's loss is a function of the network's parameters, not of
+embeddings: its objective has no `loss` and the loop runs its meta-step (navee_jax.meta.train) on
+'tasks' batches, meta-batches of episodes.
 """
 
 from __future__ import annotations
@@ -39,13 +41,14 @@ SAMPLERS = {
     "protonet": ("episodes",),
     "multi_similarity": ("pk",),
     "proxy_anchor": ("pk",),
+    "maml": ("tasks",),
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
-    sampler: str  # "pk" | "pairs" | "triplets" | "episodes"
-    loss: LossOnBatch
+    sampler: str  # "pk" | "pairs" | "triplets" | "episodes" | "tasks"
+    loss: LossOnBatch | None  # None for MAML (navee_jax.meta)
     init_params: Callable[[jax.Array], dict[str, jax.Array]]  # PRNG key -> the loss's learned parameters
 
 
@@ -62,6 +65,8 @@ def make_objective(config: ml_collections.ConfigDict, train_labels: np.ndarray) 
     if kind not in SAMPLERS[loss.name]:
         raise UserError(f"sampler.kind={kind!r} does not feed loss.name={loss.name!r}; use one of "
                         f"{list(SAMPLERS[loss.name])}")
+    if loss.name == "maml":
+        return Objective(kind, None, _no_params)
     if loss.name == "triplet":
         if kind == "triplets":
             def on_triplets(emb, batch, _):
@@ -102,20 +107,36 @@ def images_per_step(config: ml_collections.ConfigDict) -> int:
     """How many images one global batch of `config.sampler.kind` holds."""
     s = config.sampler
     return {"pk": s.classes_per_batch * s.images_per_class, "pairs": 2 * s.tuples_per_batch,
-            "triplets": 3 * s.tuples_per_batch, "episodes": s.ways * (s.shots + s.queries)}[s.kind]
+            "triplets": 3 * s.tuples_per_batch, "episodes": s.ways * (s.shots + s.queries),
+            "tasks": s.tasks_per_batch * s.ways * (s.shots + s.queries)}[s.kind]
 
 
 def epoch_batches(catalogue: Catalogue, pool: np.ndarray, config: ml_collections.ConfigDict, epoch: int,
                   num_batches: int) -> Iterator[dict[str, np.ndarray]]:
     """One epoch of `config.sampler.kind` batches from `pool`, in the train step's form (an episode's
-    support and query images become one `images` array, support first, embedded in one pass)."""
+    support and query images become one `images` array, support first, embedded in one pass; 'tasks'
+    stacks `sampler.tasks_per_batch` consecutive episodes on a leading task axis)."""
     kind, process = config.sampler.kind, (jax.process_index(), jax.process_count())
     if kind == "pk":
         return train_batches(catalogue, pool, config, epoch, num_batches, *process)
     if kind in ("pairs", "triplets"):
         return tuple_batches(catalogue, pool, config, epoch, num_batches, kind, *process)
     if process[1] > 1:
-        raise UserError("sampler.kind='episodes' runs in a single process; use one host (all its devices)")
+        raise UserError(f"sampler.kind={kind!r} runs in a single process; use one host (all its devices)")
+    if kind == "tasks":
+        return _meta_batches(catalogue, pool, config, epoch, num_batches)
     return ({"images": np.concatenate([e["support_images"], e["query_images"]]),
              "support_labels": e["support_labels"], "query_labels": e["query_labels"]}
             for e in episode_batches(catalogue, pool, config, epoch, num_batches))
+
+
+def _meta_batches(catalogue: Catalogue, pool: np.ndarray, config: ml_collections.ConfigDict, epoch: int,
+                  num_batches: int) -> Iterator[dict[str, np.ndarray]]:
+    """Meta-batches of T episodes: images (T, N*(K+Q), S, S, 3), support_labels (T, N*K), query_labels (T, N*Q)."""
+    tasks = config.sampler.tasks_per_batch
+    episodes = episode_batches(catalogue, pool, config, epoch, num_batches * tasks)
+    for _ in range(num_batches):
+        meta_batch = [next(episodes) for _ in range(tasks)]
+        yield {"images": np.stack([np.concatenate([e["support_images"], e["query_images"]]) for e in meta_batch]),
+               "support_labels": np.stack([e["support_labels"] for e in meta_batch]),
+               "query_labels": np.stack([e["query_labels"] for e in meta_batch])}
