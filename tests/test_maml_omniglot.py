@@ -32,3 +32,24 @@ def test_short_maml_run_beats_the_untrained_network_on_unseen_omniglot_character
     final, initial = m["final"]["few_shot_maml"]["5-way 1-shot"], m["initial"]["few_shot_maml"]["5-way 1-shot"]
     assert final["accuracy"] > initial["accuracy"] + 0.1, (initial, final)
     assert final["accuracy"] - final["ci95"] > initial["accuracy"] + initial["ci95"], (initial, final)
+
+
+@pytest.mark.slow
+def test_resumed_maml_run_gives_the_numbers_of_an_uninterrupted_one(tmp_path):
+    """Meta-SGD on digits, tiny: 2 epochs in one go vs 1 epoch, then resumed to 2 (step sizes restored too)."""
+    common = ["--config=configs/maml.py", "--config.model.width=4", "--config.data.image_size=16",
+              "--config.sampler.tasks_per_batch=4", "--config.train.steps_per_epoch=3", "--config.eval.episodes=5",
+              "--config.loss.learn_inner_lr=True"]
+    full = run_launch([*common, f"--workdir={tmp_path / 'full'}", "--config.train.num_epochs=2"])
+    first = run_launch([*common, f"--workdir={tmp_path / 'resumed'}", "--config.train.num_epochs=1"])
+    second = run_launch([*common, f"--workdir={tmp_path / 'resumed'}", "--config.train.num_epochs=2"])
+    for r in (full, first, second):
+        assert r.returncode == 0, r.stderr[-3000:]
+    assert "resuming from checkpoint step 3 (epoch 1/2)" in second.stdout
+    want = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    got = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
+    assert got["history"] == pytest.approx(want["history"], rel=1e-6)
+    for key in ("few_shot_maml", "few_shot_1nn"):
+        for name, cell in want["final"][key].items():
+            assert got["final"][key][name]["accuracy"] == pytest.approx(cell["accuracy"], abs=1e-9), (key, name)
+    assert got["final"]["map"] == pytest.approx(want["final"]["map"], rel=1e-6)
