@@ -8,11 +8,25 @@ episode's support set (`loss.eval_inner_steps`) and scores its queries. See nave
     python launch.py --config=configs/maml.py --workdir=runs/maml
 
 On Omniglot, all ten background-small alphabets (242 characters: 200 train, 42 unseen are held out; Conv-4
-at 28x28; the paper's 5-way settings: one inner step of 0.4 in training, three at test, 32 tasks a step):
+at 28x28; the paper's 5-way settings: one inner step of 0.4 in training, three at test), shortened for a
+2-core CPU (width 32, 16 tasks a meta-batch, 400 meta-steps):
 
-    python launch.py --config=configs/maml.py:omniglot_all --workdir=runs/maml-omniglot
+    python launch.py --config=configs/maml.py:omniglot_all --workdir=runs/maml-omniglot \
+      --config.model.width=32 --config.sampler.tasks_per_batch=16 --config.train.num_epochs=16 \
+      --config.train.steps_per_epoch=25
 
-MEASURED_BELOW
+trains in 8 min (475 s for the steps, on a shared 2-core CPU) and ends with
+
+    final held-out mAP 0.3168 (at initialisation 0.1281) over 420 queries
+    4-way 1-shot 1-NN accuracy 0.7815 +- 0.0339 (50 episodes; 0.4495 at initialisation)
+    4-way 5-shot 1-NN accuracy 0.8420 +- 0.0321 (50 episodes; 0.5935 at initialisation)
+    5-way 1-shot MAML fine-tuned accuracy 0.8324 +- 0.0285 (50 episodes; 0.3520 at initialisation)
+    5-way 5-shot MAML fine-tuned accuracy 0.8592 +- 0.0335 (50 episodes; 0.3788 at initialisation)
+
+(mAP and 1-NN on Conv-4's features; "MAML fine-tuned": three inner steps on each episode's support set, then
+its queries scored). 20-way: add --config.sampler.ways=20 (the head follows); docs/maml.md has both runs, the
+600-episode evaluation and the paper's figures. Without overrides the run is the paper's 5-way setting (width
+64, 32 tasks a meta-batch), about 2 s a meta-step on that CPU.
 """
 
 import ml_collections

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 from flax import nnx
@@ -77,7 +78,7 @@ def init_state(model: nnx.Module, tx: optax.GradientTransformation, loss_tx: opt
     """(graphdef, train state); Meta-SGD's step sizes start at `loss.inner_lr` and train with `loss_tx`."""
     graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
     loss_params = {"inner_lr": constant_step_sizes(params, loss_cfg.inner_lr)} if loss_cfg.learn_inner_lr else {}
-    state = TrainState(jax.numpy.zeros((), jax.numpy.int32), params, model_state, tx.init(params), loss_params,
+    state = TrainState(jnp.zeros((), jnp.int32), params, model_state, tx.init(params), loss_params,
                        loss_tx.init(loss_params))
     return graphdef, state
 
