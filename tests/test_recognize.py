@@ -226,6 +226,11 @@ def test_pil_images_and_arrays_embed_like_their_files_and_bad_input_is_one_line(
     np.testing.assert_array_equal(emb[[0, 2]], want[:2])
     with pytest.raises(UserError, match="is not a training workdir"):
         Recognizer.load(str(tmp_path))
+    maml_workdir = tmp_path / "maml"
+    maml_workdir.mkdir()
+    (maml_workdir / "config.json").write_text(json.dumps({"loss": {"name": "maml"}}))
+    with pytest.raises(UserError, match="holds a MAML model"):
+        Recognizer.load(str(maml_workdir))
     with pytest.raises(UserError, match="2 labels for 3 images"):
         rec.enroll(paths, ["a", "b"])
     with pytest.raises(UserError, match="not a gallery folder"):

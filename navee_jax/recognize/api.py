@@ -171,6 +171,10 @@ class Recognizer:
             raise UserError(f"{path!r} is not a training workdir: {config_path} not found")
         with open(config_path) as f:
             config = ml_collections.ConfigDict(json.load(f))
+        if config.loss.name == "maml":  # its BatchNorm never learns running averages for eval mode to use
+            raise UserError(f"workdir {workdir!r} holds a MAML model, which classifies a task's classes after "
+                            f"fine-tuning on them; recognition needs an embedding model (triplet, contrastive, "
+                            f"protonet, multi_similarity, proxy_anchor)")
         if not os.path.isdir(os.path.join(workdir, "checkpoints")):
             raise UserError(f"workdir {workdir!r} has no checkpoints/ (train it first)")
         ckpt = Checkpoints(workdir, keep_last=1_000_000)  # loading must never delete checkpoints
