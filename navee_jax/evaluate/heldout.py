@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import jax
 import ml_collections
@@ -16,6 +16,22 @@ from navee_jax.evaluate.fewshot import few_shot_report
 from navee_jax.errors import UserError
 from navee_jax.evaluate.retrieval import mean_average_precision
 from navee_jax.train.sharding import shard_batch
+
+
+def embed_in_batches(embed_fn: Callable[[Any, jax.Array], jax.Array], state: Any, batches: Iterable[np.ndarray],
+                     batch_size: int, mesh: Mesh) -> np.ndarray:
+    """(n, d) embeddings of image batches of at most `batch_size`, each run as one fixed-size sharded batch
+    (one compiled shape) and cut back to its length."""
+    out = []
+    for images in batches:
+        n = len(images)
+        # Padded with copies of the batch's own images, not zeros: a network whose BatchNorm uses batch
+        # statistics (MAML) would otherwise normalise with statistics of blank images.
+        padded = np.concatenate([images, images[np.arange(batch_size - n) % n]])
+        # Multi-host: each process feeds its share of the batch; the embeddings come back replicated.
+        share = process_share(padded, jax.process_index(), jax.process_count())
+        out.append(np.asarray(embed_fn(state, shard_batch(share, mesh)))[:n])
+    return np.concatenate(out)
 
 
 class HeldoutEvaluator:
@@ -32,17 +48,10 @@ class HeldoutEvaluator:
         self.num_support = len(split.support)
 
     def embed(self, state: Any) -> np.ndarray:
-        """Embeddings of support then query images, in fixed-size (padded) sharded batches."""
-        out, bs = [], self.config.eval.batch_size
-        for images in eval_batches(self.catalogue, self.images, self.config.data, bs):
-            n = len(images)
-            # Padded with copies of the batch's own images, not zeros: a network whose BatchNorm uses batch
-            # statistics (MAML) would otherwise normalise with statistics of blank images.
-            padded = np.concatenate([images, images[np.arange(bs - n) % n]])
-            # Multi-host: each process feeds its share of the batch; the embeddings come back replicated.
-            share = process_share(padded, jax.process_index(), jax.process_count())
-            out.append(np.asarray(self.embed_fn(state, shard_batch(share, self.mesh)))[:n])
-        emb = np.concatenate(out)
+        """Embeddings of support then query images."""
+        bs = self.config.eval.batch_size
+        emb = embed_in_batches(self.embed_fn, state, eval_batches(self.catalogue, self.images, self.config.data, bs),
+                               bs, self.mesh)
         if not np.isfinite(emb).all():
             raise UserError("held-out embeddings contain NaN/inf: the model diverged or the inputs are not "
                             "finite; check data.mean/std and lower --config.optim.lr")

@@ -27,8 +27,8 @@ from navee_jax.errors import UserError
 from navee_jax.meta.conv import use_matmul_convs
 from navee_jax.meta.maml import Params, constant_step_sizes, make_apply, meta_objective
 from navee_jax.models import build_model
-from navee_jax.train.sharding import batch_sharded, replicated
-from navee_jax.train.step import Prepare, TrainState
+from navee_jax.train.sharding import replicated
+from navee_jax.train.step import Prepare, TrainState, apply_gradients, make_embed_fn
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -106,12 +106,8 @@ def make_meta_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, los
 
         grad_fn = jax.value_and_grad(objective, argnums=(0, 1), has_aux=True)
         (loss, aux), (grads, loss_grads) = grad_fn(state.params, state.loss_params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        loss_updates, loss_opt_state = loss_tx.update(loss_grads, state.loss_opt_state, state.loss_params)
-        loss_params = optax.apply_updates(state.loss_params, loss_updates)
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
-        return TrainState(state.step + 1, params, state.model_state, opt_state, loss_params, loss_opt_state), metrics
+        return apply_gradients(state, tx, loss_tx, grads, loss_grads, state.model_state), metrics
 
     return jax.jit(step, out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=0)
 
@@ -120,10 +116,4 @@ def make_feature_fn(graphdef: nnx.GraphDef, mesh: Mesh, prepare: Prepare) -> Cal
                                                                                          jax.Array]:
     """(state, images) -> Conv-4 features (before the head), BatchNorm on the statistics of `images`: the
     embedding the held-out retrieval mAP and 1-NN numbers of a MAML run are computed on."""
-
-    def features(state: TrainState, images: jax.Array) -> jax.Array:
-        model = nnx.merge(graphdef, state.params, jax.tree.map(lambda x: x, state.model_state))
-        return model.backbone(prepare(images))
-
-    repl = replicated(mesh)
-    return jax.jit(features, in_shardings=(repl, batch_sharded(mesh)), out_shardings=repl)
+    return make_embed_fn(graphdef, mesh, prepare, forward=lambda model, x: model.backbone(x))

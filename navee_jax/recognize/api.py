@@ -31,10 +31,11 @@ from navee_jax.data.catalogue import Catalogue
 from navee_jax.data.pipeline import eval_batches
 from navee_jax.data.sources import folder_catalogue, inspect_image
 from navee_jax.errors import UserError
+from navee_jax.evaluate.heldout import embed_in_batches
 from navee_jax.models import build_model
 from navee_jax.recognize.gallery import Gallery
 from navee_jax.train.checkpoints import Checkpoints
-from navee_jax.train.sharding import check_divisible, make_mesh, shard_batch
+from navee_jax.train.sharding import check_divisible, make_mesh
 from navee_jax.train.step import TrainState, image_normalizer, make_embed_fn
 
 # The data config keys that decide what the network sees: a gallery made with other values is refused.
@@ -193,19 +194,12 @@ class Recognizer:
 
     # -- embeddings -------------------------------------------------------------------------------------
 
-    def embed_batch(self, images: np.ndarray) -> np.ndarray:
-        """Embeddings of preprocessed uint8 images (n, S, S, 3), in padded fixed-size batches."""
-        out, bs = [], self.batch_size
-        for s in range(0, len(images), bs):
-            chunk = images[s:s + bs]
-            n = len(chunk)
-            padded = np.concatenate([chunk, np.zeros((bs - n, *chunk.shape[1:]), chunk.dtype)])
-            out.append(np.asarray(self._embed_fn(self._state, shard_batch(padded, self.mesh)))[:n])
-        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
-
     def _embed_catalogue(self, catalogue: Catalogue) -> np.ndarray:
+        """Embeddings of a catalogue's images, through the evaluation input pipeline."""
+        if len(catalogue) == 0:
+            return np.zeros((0, self.dim), np.float32)
         batches = eval_batches(catalogue, np.arange(len(catalogue)), self.config.data, self.batch_size)
-        return self.embed_batch(np.concatenate(list(batches)))
+        return embed_in_batches(self._embed_fn, self._state, batches, self.batch_size, self.mesh)
 
     def embed_or_errors(self, images: Any) -> tuple[np.ndarray, dict[int, str]]:
         """(embeddings (n, D), {position: why} for images that could not be read; their rows are NaN)."""

@@ -114,6 +114,15 @@ def _embed_batch(model: nnx.Module, images: jax.Array, prepare: Prepare | None) 
     return embeddings.reshape(images.shape[:-3] + embeddings.shape[-1:])
 
 
+def apply_gradients(state: TrainState, tx: optax.GradientTransformation, loss_tx: optax.GradientTransformation,
+                    grads: Any, loss_grads: Any, model_state: Any) -> TrainState:
+    """The next TrainState: the model's parameters updated by `tx`, the loss's own by `loss_tx`."""
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    loss_updates, loss_opt_state = loss_tx.update(loss_grads, state.loss_opt_state, state.loss_params)
+    return TrainState(state.step + 1, optax.apply_updates(state.params, updates), model_state, opt_state,
+                      optax.apply_updates(state.loss_params, loss_updates), loss_opt_state)
+
+
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_fn: LossFn, mesh: Mesh,
                     prepare: Prepare | None = None, frozen_stages: tuple[str, ...] = (),
                     loss_tx: optax.GradientTransformation | None = None, xla_options: dict[str, str] | None = None):
@@ -137,25 +146,24 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, lo
 
         grad_fn = jax.value_and_grad(compute_loss, argnums=(0, 1), has_aux=True)
         (loss, (aux, model_state)), (grads, loss_grads) = grad_fn(state.params, state.loss_params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        loss_updates, loss_opt_state = loss_tx.update(loss_grads, state.loss_opt_state, state.loss_params)
-        loss_params = optax.apply_updates(state.loss_params, loss_updates)
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
-        new_state = TrainState(state.step + 1, params, model_state, opt_state, loss_params, loss_opt_state)
-        return new_state, metrics
+        return apply_gradients(state, tx, loss_tx, grads, loss_grads, model_state), metrics
 
     # The batch's shardings come with its arrays (images on `data`, small metadata replicated).
     return jax.jit(step, out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=0,
                    compiler_options=compiler_options(mesh) if xla_options is None else xla_options)
 
 
-def make_embed_fn(eval_graphdef: nnx.GraphDef, mesh: Mesh,
-                  prepare: Prepare | None = None) -> Callable[[TrainState, Any], jax.Array]:
-    """(state, images) -> embeddings, in eval mode (BatchNorm running statistics)."""
+def make_embed_fn(eval_graphdef: nnx.GraphDef, mesh: Mesh, prepare: Prepare | None = None,
+                  forward: Callable[[nnx.Module, jax.Array], jax.Array] | None = None
+                  ) -> Callable[[TrainState, Any], jax.Array]:
+    """(state, images) -> embeddings, in the mode `eval_graphdef` was split in (eval: BatchNorm running
+    statistics); `forward(model, x)` replaces `model(x)` (e.g. MAML's features before its head)."""
 
     def embed(state: TrainState, images: jax.Array) -> jax.Array:
-        return nnx.merge(eval_graphdef, state.params, state.model_state)(prepare(images) if prepare else images)
+        model = nnx.merge(eval_graphdef, state.params, state.model_state)
+        x = prepare(images) if prepare else images
+        return forward(model, x) if forward else model(x)
 
     repl = replicated(mesh)
     return jax.jit(embed, in_shardings=(repl, batch_sharded(mesh)), out_shardings=repl,
