@@ -32,6 +32,7 @@ import numpy as np
 
 from navee_jax.evaluate import classifiers
 from navee_jax.evaluate.classifiers import MLPSearch
+from navee_jax.evaluate.nearest import NearestNeighbourTable
 from navee_jax.losses.distances import pairwise_distances
 
 CLASSIFIERS = ("1nn", "knn", "prototype", "logreg", "mlp")
@@ -60,6 +61,8 @@ def _by_class(labels: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.n
     start = np.searchsorted(grouped, classes, side="left")
     counts = np.searchsorted(grouped, classes, side="right") - start
     column = np.arange(max(int(counts.max(initial=0)), 1))
+    if not len(order):
+        return np.zeros((len(classes), 1), np.int64), counts
     position = np.minimum(start[:, None] + column, len(order) - 1)
     return np.where(column < counts[:, None], order[position], 0), counts
 
@@ -67,11 +70,8 @@ def _by_class(labels: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.n
 def eligible_classes(support_labels: np.ndarray, query_labels: np.ndarray, shots: int,
                      min_queries: int = 1) -> np.ndarray:
     """Sorted classes with >= `shots` support images and >= `min_queries` query images."""
-    s_cls, s_cnt = np.unique(support_labels, return_counts=True)
-    q_cls, q_cnt = np.unique(query_labels, return_counts=True)
-    at = np.minimum(np.searchsorted(q_cls, s_cls), max(len(q_cls) - 1, 0))
-    q_count = np.where(q_cls[at] == s_cls, q_cnt[at], 0) if len(q_cls) else np.zeros_like(s_cnt)
-    return s_cls[(s_cnt >= shots) & (q_count >= min_queries)]
+    pool = EpisodePool(support_labels, query_labels)
+    return pool.classes[pool.eligible(shots, min_queries)]
 
 
 def _draw(rng: np.random.Generator, table: np.ndarray, counts: np.ndarray, chosen: np.ndarray,
@@ -81,10 +81,50 @@ def _draw(rng: np.random.Generator, table: np.ndarray, counts: np.ndarray, chose
     Ranking i.i.d. uniform keys (padding keyed last) draws a uniformly random subset in random order. Keys of
     real images never tie (with probability 1), so any correct sort gives the same, reproducible order.
     """
-    keys = rng.random((*chosen.shape, table.shape[1]))
-    keys[np.arange(table.shape[1]) >= counts[chosen][..., None]] = 2.0
+    width = table.shape[1]
+    keys = rng.random((*chosen.shape, width))
+    chosen_counts = counts[chosen][..., None]
+    if counts.min() < width:
+        keys[np.arange(width) >= chosen_counts] = 2.0
     pick = np.argsort(keys, axis=-1)[..., :take]
-    return table[chosen[..., None], pick], np.arange(take) < counts[chosen][..., None]
+    return np.take(table, chosen[..., None] * width + pick), np.arange(take) < chosen_counts
+
+
+class EpisodePool:
+    """The classes of a support and a query pool with per-class index tables, built once for many cells."""
+
+    def __init__(self, support_labels: np.ndarray, query_labels: np.ndarray):
+        self.support_labels, self.query_labels = np.asarray(support_labels), np.asarray(query_labels)
+        self.classes = np.unique(self.support_labels)
+        self.support_table, self.support_counts = _by_class(self.support_labels, self.classes)
+        self.query_table, self.query_counts = _by_class(self.query_labels, self.classes)
+
+    def eligible(self, shots: int, min_queries: int = 1) -> np.ndarray:
+        """Positions in `classes` of the classes with >= `shots` support and >= `min_queries` query images."""
+        return np.flatnonzero((self.support_counts >= shots) & (self.query_counts >= min_queries))
+
+    def sample(self, ways: int, shots: int, queries: int, num_episodes: int, seed: int,
+               min_queries: int = 1) -> Episodes:
+        """`sample_episodes` on this pool."""
+        eligible = self.eligible(shots, min_queries)
+        if len(eligible) < ways:
+            raise ValueError(f"{ways}-way {shots}-shot needs {ways} classes with >= {shots} support and "
+                             f">= {min_queries} query images; {len(eligible)} classes qualify")
+        s_counts, q_counts = self.support_counts[eligible], self.query_counts[eligible]
+        # Tables as wide as the eligible classes need: the width sets how many keys each draw consumes.
+        s_table = self.support_table[eligible, :max(int(s_counts.max()), 1)]
+        q_table = self.query_table[eligible, :max(int(q_counts.max()), 1)]
+        q = min(queries, int(q_counts.max()))
+        rng = np.random.default_rng([seed, ways, shots])
+        chosen = np.argsort(rng.random((num_episodes, len(eligible))), axis=1)[:, :ways]
+        support, _ = _draw(rng, s_table, s_counts, chosen, shots)
+        query, valid = _draw(rng, q_table, q_counts, chosen, q)
+        local = np.arange(ways)
+        return Episodes(classes=self.classes[eligible][chosen], support=support.reshape(num_episodes, -1),
+                        support_labels=np.broadcast_to(np.repeat(local, shots), (num_episodes, ways * shots)),
+                        query=np.where(valid, query, 0).reshape(num_episodes, -1),
+                        query_labels=np.broadcast_to(np.repeat(local, q), (num_episodes, ways * q)),
+                        query_mask=valid.reshape(num_episodes, -1))
 
 
 def sample_episodes(support_labels: np.ndarray, query_labels: np.ndarray, ways: int, shots: int, queries: int,
@@ -93,23 +133,7 @@ def sample_episodes(support_labels: np.ndarray, query_labels: np.ndarray, ways: 
 
     Raises ValueError if fewer than `ways` classes are eligible (`eligible_classes`).
     """
-    classes = eligible_classes(support_labels, query_labels, shots, min_queries)
-    if len(classes) < ways:
-        raise ValueError(f"{ways}-way {shots}-shot needs {ways} classes with >= {shots} support and "
-                         f">= {min_queries} query images; {len(classes)} classes qualify")
-    s_table, s_counts = _by_class(support_labels, classes)
-    q_table, q_counts = _by_class(query_labels, classes)
-    q = min(queries, int(q_counts.max()))
-    rng = np.random.default_rng([seed, ways, shots])
-    chosen = np.argsort(rng.random((num_episodes, len(classes))), axis=1)[:, :ways]
-    support, _ = _draw(rng, s_table, s_counts, chosen, shots)
-    query, valid = _draw(rng, q_table, q_counts, chosen, q)
-    local = np.arange(ways)
-    return Episodes(classes=classes[chosen], support=support.reshape(num_episodes, -1),
-                    support_labels=np.tile(np.repeat(local, shots), (num_episodes, 1)),
-                    query=np.where(valid, query, 0).reshape(num_episodes, -1),
-                    query_labels=np.tile(np.repeat(local, q), (num_episodes, 1)),
-                    query_mask=valid.reshape(num_episodes, -1))
+    return EpisodePool(support_labels, query_labels).sample(ways, shots, queries, num_episodes, seed, min_queries)
 
 
 @partial(jax.jit, static_argnames=("k", "ways"))
@@ -165,9 +189,10 @@ def few_shot_grid(support_emb: np.ndarray, support_labels: np.ndarray, query_emb
 
     classifier: "1nn", "knn" (k neighbours), "prototype" (nearest class mean), "logreg" (L2 multinomial
     logistic regression with inverse strength C) or "mlp" (PCA + MLP tuned over `mlp`). For the neighbour
-    rules, all query-to-support squared distances are computed once (chunked) when they fit in
-    `max_matrix_bytes` and gathered per episode; otherwise each episode computes its own. Either way, memory
-    per cell is about E * (N*Q) * (N*K) * 4 bytes for the episode distances.
+    rules, when all query-to-support distances fit in `max_matrix_bytes` (4 bytes each), 1-NN searches
+    `navee_jax.evaluate.nearest.NearestNeighbourTable` (exact, decided in float64; a few times that memory)
+    and k-NN gathers each episode's block of the squared-distance matrix (memory per cell about
+    E * (N*Q) * (N*K) * 4 bytes); otherwise each episode computes its own distances in float32.
     """
     if classifier not in CLASSIFIERS:
         raise ValueError(f"unknown classifier {classifier!r}; available: {', '.join(CLASSIFIERS)}")
@@ -177,10 +202,12 @@ def few_shot_grid(support_emb: np.ndarray, support_labels: np.ndarray, query_emb
     mlp = mlp or MLPSearch()
     neighbours = {"1nn": 1, "knn": k}.get(classifier)
     support_np, query_np = np.asarray(support_emb, np.float32), np.asarray(query_emb, np.float32)
-    support_j, query_j = jnp.asarray(support_np), jnp.asarray(query_np)
-    dist = None
-    if neighbours is not None and len(query_np) * len(support_np) * 4 <= max_matrix_bytes:
-        dist = _distance_matrix(query_j, support_j)
+    fits = neighbours is not None and len(query_np) * len(support_np) * 4 <= max_matrix_bytes
+    nearest = NearestNeighbourTable(support_np, query_np) if fits and neighbours == 1 else None
+    if nearest is None and classifier != "mlp":
+        support_j, query_j = jnp.asarray(support_np), jnp.asarray(query_np)
+    dist = _distance_matrix(query_j, support_j) if fits and neighbours != 1 else None
+    pool = EpisodePool(support_labels, query_labels)
     report: dict[str, dict[str, Any]] = {}
     for n, shot in itertools.product(ways, shots):
         name = f"{n}-way {shot}-shot"
@@ -189,8 +216,7 @@ def few_shot_grid(support_emb: np.ndarray, support_labels: np.ndarray, query_emb
                                        f"an episode has {n * shot}"}
             continue
         try:
-            eps = sample_episodes(support_labels, query_labels, n, shot, queries, episodes, seed,
-                                  min_queries=2 if classifier == "mlp" else 1)
+            eps = pool.sample(n, shot, queries, episodes, seed, min_queries=2 if classifier == "mlp" else 1)
         except ValueError as e:
             report[name] = {"skipped": str(e)}
             continue
@@ -205,6 +231,8 @@ def few_shot_grid(support_emb: np.ndarray, support_labels: np.ndarray, query_emb
         else:
             if neighbours is None:
                 pred = _predict_from_embeddings(classifier, support_j, query_j, eps, n, C)
+            elif nearest is not None:
+                pred = nearest.predict(eps.support, eps.support_labels, eps.query, eps.query_mask, n)
             elif dist is not None:
                 pred = _knn_from_matrix(dist, eps.support, eps.support_labels, eps.query, neighbours, n)
             else:

@@ -13,7 +13,7 @@ identical in the Omniglot test), not always bit for bit.
 Direct differences cost 3 vector operations per coordinate and cannot use a matrix multiply, so large
 galleries are searched in two exact steps: (1) candidates: each query's k + `extra` nearest rows by the
 expansion |q|^2 + |g|^2 - 2 q.g (one matrix multiply per chunk); (2) the candidates re-ranked by their
-direct distances. The expansion's rounding error is bounded (`_expansion_error_bound`); when a query's
+direct distances. The expansion's rounding error is bounded (`navee_jax.evaluate.expansion`); when a query's
 k-th re-ranked distance is not below its worst candidate's expanded distance minus that bound, a row
 outside the candidates could still belong to its top k, and that query is searched again by direct
 differences over the whole gallery. So the result is always the direct-difference top k.
@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from navee_jax.evaluate.expansion import expansion_error_bound
 from navee_jax.losses.distances import pairwise_distances
 
 QUERY_CHUNK = 256
@@ -35,7 +36,6 @@ GALLERY_CHUNK = 4096
 
 
 _HIGHEST = jax.lax.Precision.HIGHEST
-_EPS32 = 2.0 ** -24  # float32 unit roundoff
 
 
 def _merge_scan(distance: Callable[[jax.Array, jax.Array], jax.Array], queries: jax.Array, chunks: jax.Array,
@@ -80,16 +80,6 @@ _expanded_block = jax.jit(partial(_merge_scan, _expanded), static_argnames=("k",
 def _rerank(queries: jax.Array, gallery: jax.Array, idx: jax.Array) -> jax.Array:
     """(Q, c) direct squared distances of each query to its candidate rows `idx` (Q, c)."""
     return jax.vmap(lambda q, rows: _direct(q[None], rows)[0])(queries, gallery[idx])
-
-
-def _expansion_error_bound(query_sq: np.ndarray, max_row_sq: float, dim: int) -> np.ndarray:
-    """An upper bound on |expanded - direct| squared distance in float32 for each query, doubled for safety:
-    dot product and norms (gamma_d (|q|^2 + |g|^2) each, any summation order), three roundings of the sums,
-    and the direct computation's own relative error (gamma_{d+1} (|q| + |g|)^2)."""
-    gamma = dim * _EPS32 / (1 - dim * _EPS32)
-    gamma1 = (dim + 1) * _EPS32 / (1 - (dim + 1) * _EPS32)
-    scale = query_sq + max_row_sq
-    return 2.0 * ((3 * gamma + 6 * _EPS32) * scale + gamma1 * (np.sqrt(query_sq) + np.sqrt(max_row_sq)) ** 2)
 
 
 def _blocks(block_fn, queries: np.ndarray, args: tuple, k: int, query_chunk: int) -> tuple[np.ndarray, np.ndarray]:
@@ -143,7 +133,7 @@ class ExactIndex:
         exact = np.asarray(_rerank(jnp.asarray(queries), self.chunks.reshape(-1, self.dim), jnp.asarray(cand)))
         order = np.lexsort((cand, exact), axis=1)[:, :k]  # by (direct distance, gallery index)
         dist, idx = np.take_along_axis(exact, order, axis=1), np.take_along_axis(cand, order, axis=1)
-        bound = _expansion_error_bound(np.sum(np.square(queries.astype(np.float64)), axis=1), self.max_row_sq,
+        bound = expansion_error_bound(np.sum(np.square(queries.astype(np.float64)), axis=1), self.max_row_sq,
                                        self.dim)
         unsure = np.flatnonzero(~(approx[:, -1].astype(np.float64) - bound > dist[:, -1]))
         if len(unsure):
