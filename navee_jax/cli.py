@@ -59,9 +59,23 @@ def config_file_problem(argv: list[str]) -> str | None:
     return None
 
 
+def _override_before_config(argv: list[str]) -> str | None:
+    """The first `--config.x=...` placed before `--config=FILE` (absl parses it before the file exists)."""
+    for a in argv:
+        if a == "--config" or a.startswith("--config="):
+            return None
+        if a.startswith("--config."):
+            return a
+    return None
+
+
 def explain_flag_error(argv: list[str], error: Exception) -> str:
-    """One line for a failed flag parse: an unknown config key or a value of the wrong type."""
+    """One line for a failed flag parse: an override before --config, an unknown config key or a value of
+    the wrong type."""
     spec = _config_arg(argv)
+    early = _override_before_config(argv)
+    if spec is not None and early is not None:
+        return f"{early.partition('=')[0]} comes before --config={spec}: put config overrides after --config"
     if spec is not None and config_file_problem(argv) is None:
         config = load_config_file(spec)
         overrides = [a[len("--config."):].partition("=")[::2] for a in argv if a.startswith("--config.")]

@@ -26,6 +26,14 @@ def test_bad_override_is_one_line_and_exit_2(tmp_path, override, culprit):
     assert not os.listdir(tmp_path)  # nothing ran
 
 
+def test_override_before_config_says_to_move_it(tmp_path):
+    r = run_launch(["--config.train.num_epochs=1", "--config=configs/triplet.py", f"--workdir={tmp_path}"],
+                   timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == ("error: --config.train.num_epochs comes before --config=configs/triplet.py: "
+                                "put config overrides after --config")
+
+
 def test_missing_config_file_is_one_line(tmp_path):
     r = run_launch(["--config=configs/nope.py", f"--workdir={tmp_path}"], timeout=120)
     assert r.returncode == 2 and "configs/nope.py" in r.stderr and "Traceback" not in r.stderr

@@ -203,7 +203,8 @@ def few_shot_grid(support_emb: np.ndarray, support_labels: np.ndarray, query_emb
     neighbours = {"1nn": 1, "knn": k}.get(classifier)
     support_np, query_np = np.asarray(support_emb, np.float32), np.asarray(query_emb, np.float32)
     fits = neighbours is not None and len(query_np) * len(support_np) * 4 <= max_matrix_bytes
-    nearest = NearestNeighbourTable(support_np, query_np) if fits and neighbours == 1 else None
+    nearest = (NearestNeighbourTable(support_np, query_np)
+               if fits and neighbours == 1 and len(support_np) and len(query_np) else None)
     if nearest is None and classifier != "mlp":
         support_j, query_j = jnp.asarray(support_np), jnp.asarray(query_np)
     dist = _distance_matrix(query_j, support_j) if fits and neighbours != 1 else None

@@ -6,8 +6,8 @@ episode's nearest support image is usually among the first few images of its que
 pool. So (`NearestNeighbourTable`):
 
 1. Every (query, support image) pair of the pools gets an expanded squared distance
-   |q|^2 + |s|^2 - 2 q.s (one float32 matrix multiply) whose error against the exact distance is at most
-   b(q), a rigorous float32 bound (`navee_jax.evaluate.expansion`).
+   |q|^2 + |s|^2 - 2 q.s (one float32 matrix multiply) whose error against the float64 distance is at
+   most b(q), a rigorous bound (`navee_jax.evaluate.expansion`).
 2. Each query ranks its `depth` nearest support images by that distance.
 3. Per cell (`predict`), the cheaper of two searches:
    * scan: for every query image, walk its ranking once for all the episodes it appears in. Each support
@@ -41,7 +41,7 @@ _REACH = 8  # ranking positions past a scan hit checked for rivals before decidi
 class NearestNeighbourTable:
     """Expanded distances, error margins and the `depth`-long ranking of every query of the pool."""
 
-    def __init__(self, support: np.ndarray, query: np.ndarray, depth: int = 128):
+    def __init__(self, support: np.ndarray, query: np.ndarray, depth: int = 80):
         self.support = np.ascontiguousarray(support, np.float32)
         self.query = np.ascontiguousarray(query, np.float32)
         s_sq = np.einsum("ij,ij->i", self.support, self.support)
