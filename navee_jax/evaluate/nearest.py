@@ -119,14 +119,14 @@ class NearestNeighbourTable:
         found[1:] &= ~seen[:-1]  # each episode's first hit only
         # (position, query image, episode) of every first hit; an entry can hold several episodes' bits.
         flat = np.flatnonzero(found)
-        rest = found.ravel()[flat]
+        rest = np.take(found, flat)
         low = rest & (~rest + np.uint64(1))
         hits = [(flat, _bit_index(low))]
         more = np.flatnonzero(rest ^ low)
         rest = (rest ^ low)[more]
         while len(more):
             low = rest & (~rest + np.uint64(1))
-            hits.append((flat[more], _bit_index(low)))
+            hits.append((np.take(flat, more), _bit_index(low)))
             rest ^= low
             keep = rest != 0
             more, rest = more[keep], rest[keep]
@@ -144,8 +144,8 @@ class NearestNeighbourTable:
         """Labels of scan hits (episode, query image q, ranked position): the hit's own label unless a support
         image of another class lies within the margin; then the candidates within it are compared exactly."""
         at = position * self.ranked.shape[1] + q
-        label = owner.ravel()[episode * owner.shape[1] + self.ranked.ravel()[at]]
-        crowded = np.flatnonzero(self.crowded.ravel()[at])
+        label = np.take(owner, episode * owner.shape[1] + np.take(self.ranked, at))
+        crowded = np.flatnonzero(np.take(self.crowded, at))
         if len(crowded):
             label[crowded] = self._walk(owner, support, support_labels, episode[crowded], q[crowded],
                                         position[crowded], label[crowded])
@@ -195,20 +195,20 @@ class NearestNeighbourTable:
     def _gather(self, support, support_labels, query, ways):
         """(E, Q) labels from the expanded distances of each of an episode's Q queries to all of its support
         images (E, N*K): the class minima, unless the runner-up class is within the margin."""
-        episodes, n_query = query.shape
         shots = support.shape[1] // ways
-        d = np.take(self.expanded, (query * self.expanded.shape[1])[:, :, None] + support[:, None, :])
-        by_class = d.reshape(episodes, n_query, ways, shots)
-        per_class = by_class[..., 0].copy()
-        for shot in range(1, shots):  # faster than a reduction over a short last axis
-            np.minimum(per_class, by_class[..., shot], out=per_class)
-        label = np.argmin(per_class, axis=2)
-        best = np.take_along_axis(per_class, label[..., None], axis=2)
-        np.put_along_axis(per_class, label[..., None], np.inf, axis=2)
-        margin = self.margin[query][..., None]
-        e, j = np.nonzero((per_class.min(axis=2, keepdims=True) - best.astype(np.float64) <= margin)[..., 0])
+        # Class-major (N*K, E, Q): every reduction below runs over a leading axis, i.e. over long rows.
+        d = np.take(self.expanded, support.T[:, :, None] + (query * self.expanded.shape[1])[None])
+        per_class = d.reshape(ways, shots, *query.shape).min(axis=1)
+        best = per_class.min(axis=0)
+        label = np.zeros(query.shape, np.int64)
+        for j in range(ways - 1, 0, -1):  # the smallest label among equal minima
+            label[per_class[j] == best] = j
+        label[per_class[0] == best] = 0
+        rival = np.where(np.arange(ways)[:, None, None] == label, np.inf, per_class).min(axis=0)
+        margin = self.margin[query]
+        e, j = np.nonzero(rival - best.astype(np.float64) <= margin)
         if len(e):  # decide on the support images within the margin of the best, in float64
-            unsure, slot = np.nonzero(d[e, j] <= best[e, j] + margin[e, j])
+            slot, unsure = np.nonzero(d[:, e, j] <= best[e, j] + margin[e, j])
             label[e, j] = _nearest_of_pairs(unsure, self.query[query[e, j][unsure]],
                                             self.support[support[e[unsure], slot]],
                                             support_labels[e[unsure], slot])
@@ -216,13 +216,13 @@ class NearestNeighbourTable:
 
 
 def _bit_index(powers_of_two: np.ndarray) -> np.ndarray:
-    """log2 of uint64 powers of two (exact: a power of two converts to float64 exactly)."""
-    return np.frexp(powers_of_two.astype(np.float64))[1] - 1
+    """log2 of uint64 powers of two: the number of bits below the set one."""
+    return np.bitwise_count(powers_of_two - np.uint64(1)).astype(np.int64)
 
 
 def _nearest_of_pairs(group: np.ndarray, query: np.ndarray, support: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """For each distinct value of `group` (sorted), in increasing order, the label of its pair (query row,
-    support row) with the smallest float64 squared distance, a tie going to the smallest label."""
+    """For each distinct value of `group`, in increasing order, the label of its pair (query row, support row)
+    with the smallest float64 squared distance, a tie going to the smallest label."""
     diff = support.astype(np.float64) - query.astype(np.float64)
     d = np.einsum("pd,pd->p", diff, diff)
     order = np.lexsort((labels, d, group))
