@@ -1,5 +1,6 @@
-"""ResNet's hand-written backward passes (models/resnet.py: the stem max-pool and the convolutions'
-custom VJP) give autodiff's gradients of the plain `nnx.max_pool` / `lax.conv_general_dilated`.
+"""ResNet's hand-written backward passes (models/resnet.py: the stem ReLU + max-pool, the convolutions' and
+BatchNorm's custom VJPs) give autodiff's gradients of the plain `nnx.relu` + `nnx.max_pool`,
+`lax.conv_general_dilated` and `nnx.BatchNorm`, with the same forward values.
 
 Integer-valued inputs and cotangents keep every product and partial sum exact in float32, so there the
 gradients must be bitwise equal whatever the summation order; that also pins down which of several tied
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from navee_jax.models.resnet import conv_general_dilated, max_pool_3x3_s2, resnet18
+from navee_jax.models.resnet import BatchNorm, conv_general_dilated, relu_max_pool_3x3_s2, resnet18
 from navee_jax.train.sharding import make_mesh
 from navee_jax.train.step import CPU_COMPILER_OPTIONS, compiler_options
 
@@ -20,7 +21,7 @@ DN = ("NHWC", "HWIO", "NHWC")
 
 
 def _reference_pool(x):
-    return nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    return nnx.max_pool(nnx.relu(x), (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
 
 def _vjp(f, *args, cotangent):
@@ -33,13 +34,13 @@ def _vjp(f, *args, cotangent):
 def test_max_pool_matches_autodiff_of_reduce_window(shape, data):
     rng = np.random.default_rng(sum(shape))
     if data == "ties":  # few distinct values after ReLU: most windows hold several equal maxima
-        x = np.maximum(rng.integers(-2, 3, shape), 0).astype(np.float32)
+        x = rng.integers(-2, 3, shape).astype(np.float32)
     else:
         x = rng.standard_normal(shape).astype(np.float32)
     out_shape = _reference_pool(jnp.asarray(x)).shape
     g = rng.integers(-4, 5, out_shape).astype(np.float32)
     want, (want_dx,) = _vjp(_reference_pool, jnp.asarray(x), cotangent=g)
-    got, (got_dx,) = _vjp(max_pool_3x3_s2, jnp.asarray(x), cotangent=g)
+    got, (got_dx,) = _vjp(relu_max_pool_3x3_s2, jnp.asarray(x), cotangent=g)
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(got_dx, want_dx)  # integer sums: exact, so ties route identically
 
@@ -79,10 +80,37 @@ def test_conv_vjp_matches_autodiff_of_lax_conv(k, stride, pad, cin, cout, size, 
             np.testing.assert_allclose(got_grad, want_grad, rtol=1e-5, atol=1e-5 * float(jnp.abs(want_grad).max()))
 
 
+@pytest.mark.parametrize("shape", [(4, 6, 6, 8), (32, 14, 14, 16), (16, 5)])
+def test_batch_norm_matches_nnx_batch_norm(shape):
+    """Train mode: the same output and running statistics bit for bit, gradients to rounding; eval mode
+    (and anything else) is nnx.BatchNorm's own code."""
+    rng = np.random.default_rng(len(shape) * 10 + shape[-1])
+    x = jnp.asarray(rng.standard_normal(shape) * 3 + 1, jnp.float32)
+    g = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+    ours, plain = (cls(shape[-1], momentum=0.9, epsilon=1e-5, rngs=nnx.Rngs(0)) for cls in (BatchNorm, nnx.BatchNorm))
+    for bn in (ours, plain):
+        bn.scale[...] = jnp.asarray(rng.standard_normal(shape[-1:]) if bn is ours else ours.scale[...], jnp.float32)
+        bn.bias[...] = jnp.asarray(rng.standard_normal(shape[-1:]) if bn is ours else ours.bias[...], jnp.float32)
+
+    @nnx.jit
+    def train(bn, x):
+        (out, (d_x, d_bn)) = nnx.value_and_grad(lambda x, bn: jnp.vdot(bn(x), g), argnums=(0, 1))(x, bn)
+        return out, d_x, d_bn, bn.mean[...], bn.var[...]
+
+    got, want = train(ours, x), train(plain, x)
+    for i in (0, 3, 4):
+        np.testing.assert_array_equal(got[i], want[i])
+    for got_grad, want_grad in zip(jax.tree.leaves(got[1:3]), jax.tree.leaves(want[1:3])):
+        np.testing.assert_allclose(got_grad, want_grad, rtol=0, atol=1e-5 * float(jnp.abs(want_grad).max()))
+    ours.eval(), plain.eval()
+    np.testing.assert_array_equal(nnx.jit(lambda bn, x: bn(x))(ours, x), nnx.jit(lambda bn, x: bn(x))(plain, x))
+
+
 def test_resnet_gradient_matches_plain_autodiff(monkeypatch):
     """The whole network's gradient with the custom backward passes equals autodiff of the same network
-    built from `nnx.max_pool` and plain `lax` convolutions (same weights), to float rounding (train-mode
-    BatchNorm over few pixels amplifies rounding: 1e-4 of each gradient's largest entry)."""
+    built from `nnx.max_pool`, plain `lax` convolutions and `nnx.BatchNorm` (same weights), to float
+    rounding (train-mode BatchNorm over few pixels amplifies rounding: 1e-4 of each gradient's largest
+    entry)."""
     x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 32, 32, 3)), jnp.float32)
 
     def gradients():
@@ -99,8 +127,9 @@ def test_resnet_gradient_matches_plain_autodiff(monkeypatch):
     ours = gradients()
     import navee_jax.models.resnet as resnet
 
-    monkeypatch.setattr(resnet, "max_pool_3x3_s2", _reference_pool)
+    monkeypatch.setattr(resnet, "relu_max_pool_3x3_s2", _reference_pool)
     monkeypatch.setattr(resnet, "conv_general_dilated", jax.lax.conv_general_dilated)
+    monkeypatch.setattr(resnet, "BatchNorm", nnx.BatchNorm)
     plain = gradients()
     for path, want in jax.tree_util.tree_leaves_with_path(plain):
         got = dict(jax.tree_util.tree_leaves_with_path(ours))[path]

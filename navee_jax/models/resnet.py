@@ -26,7 +26,9 @@ def _materialized(x: jax.Array) -> jax.Array:
     (optimization_barrier is not: XLA:CPU removes it before fusing); both branches return `x`
     unchanged (`x * 1` is exact, NaN included), so only where the values are read from changes.
     """
-    return jax.lax.cond(jnp.isnan(x.reshape(-1)[0]), lambda v: v * jnp.ones((), v.dtype), lambda v: v, x)
+    first = x.reshape(-1)[0]
+    unlikely = jnp.isnan(first) if jnp.issubdtype(x.dtype, jnp.floating) else first == jnp.iinfo(x.dtype).min
+    return jax.lax.cond(unlikely, lambda v: v * jnp.ones((), v.dtype), lambda v: v, x)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
@@ -111,9 +113,61 @@ def _conv(cin: int, cout: int, k: int, stride: int, rngs: nnx.Rngs) -> nnx.Conv:
                     use_bias=False, kernel_init=_conv_init, conv_general_dilated=conv_general_dilated, rngs=rngs)
 
 
-def _bn(c: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _batch_norm_apply(x: jax.Array, mean: jax.Array, var: jax.Array, scale: jax.Array, bias: jax.Array,
+                      epsilon: float) -> jax.Array:
+    # flax's _normalize, op for op, so that the values are the same
+    y = x - mean
+    mul = jax.lax.rsqrt(var + epsilon)
+    mul *= scale
+    y *= mul
+    y += bias
+    return y
+
+
+def _batch_norm_apply_fwd(x, mean, var, scale, bias, epsilon):
+    return _batch_norm_apply(x, mean, var, scale, bias, epsilon), (x, mean, var, scale)
+
+
+def _batch_norm_apply_bwd(epsilon, res, g):
+    x, mean, var, scale = res
+    axes = tuple(range(x.ndim - 1))
+    mul, mul_vjp = jax.vjp(lambda v, s: jax.lax.rsqrt(v + epsilon) * s, var, scale)
+    g_sum = g.sum(axes)
+    # Autodiff keeps x - mean from the forward pass (a full-size buffer alive until the backward pass);
+    # recomputed here inside the reduction instead. The materialised mean keeps XLA from merging the two.
+    d_var, d_scale = mul_vjp((g * (x - _materialized(mean))).sum(axes))
+    return g * mul, -(g_sum * mul), d_var, d_scale, g_sum
+
+
+_batch_norm_apply.defvjp(_batch_norm_apply_fwd, _batch_norm_apply_bwd)
+
+
+class BatchNorm(nnx.BatchNorm):
+    """nnx.BatchNorm with the same values and a hand-written backward pass for train mode on float32
+    NHWC activations (anything else goes to nnx.BatchNorm): it neither stores x - mean for the backward
+    pass nor writes out the gradient times the scale to sum it (docs/train_step.md)."""
+
+    def __call__(self, x, use_running_average=None, *, mask=None):
+        running = self.use_running_average if use_running_average is None else use_running_average
+        scale, bias = (None if v is None else v[...] for v in (self.scale, self.bias))
+        x, scale, bias = self.promote_dtype((x, scale, bias), dtype=self.dtype)
+        if (running is not False or mask is not None or self.axis_name is not None or scale is None or bias is None
+                or self.axis not in (-1, x.ndim - 1) or not self.use_fast_variance or x.dtype != jnp.float32
+                or self.dtype not in (None, jnp.float32)):
+            return super().__call__(x, use_running_average, mask=mask)
+        # flax's _compute_stats (fast variance), then its running-average update
+        axes = tuple(range(x.ndim - 1))
+        mean, mean2 = x.mean(axes), jax.lax.square(x).mean(axes)
+        var = jnp.maximum(0.0, mean2 - jax.lax.square(mean))
+        self.mean[...] = jax.lax.stop_gradient(self.momentum * self.mean[...] + (1 - self.momentum) * mean)
+        self.var[...] = jax.lax.stop_gradient(self.momentum * self.var[...] + (1 - self.momentum) * var)
+        return _batch_norm_apply(x, mean, var, scale, bias, self.epsilon)
+
+
+def _bn(c: int, rngs: nnx.Rngs) -> BatchNorm:
     # torch momentum 0.1 == flax momentum 0.9; torch eps 1e-5.
-    return nnx.BatchNorm(c, momentum=0.9, epsilon=1e-5, rngs=rngs)
+    return BatchNorm(c, momentum=0.9, epsilon=1e-5, rngs=rngs)
 
 
 def _torch_linear(cin: int, cout: int, rngs: nnx.Rngs) -> nnx.Linear:
@@ -143,40 +197,53 @@ def _pool_forward(x: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
 
 
 @jax.custom_vjp
-def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
-    """torch's MaxPool2d(3, stride=2, padding=1) on NHWC: nnx.max_pool's values, and the gradient
-    going, as in torch and XLA's select-and-scatter, to the first maximum of each window (row-major).
+def relu_max_pool_3x3_s2(x: jax.Array) -> jax.Array:
+    """The stem's ReLU then torch's MaxPool2d(3, stride=2, padding=1) on NHWC: nnx.relu + nnx.max_pool's
+    values, and the gradient going, as in torch and XLA's select-and-scatter, to the first maximum of
+    each window (row-major).
 
     Written out because XLA:CPU lowers reduce_window's gradient (select-and-scatter) to a variadic
     reduce-window over four int32 index arrays plus a scatter: on the (32, 56, 56, 64) stem output of a
     112x112 batch, forward + backward (with the BatchNorm and ReLU before it) take about 100 ms on 2 CPU
-    cores that way and about 20 ms this way (docs/train_step.md).
+    cores that way and about 20 ms this way (docs/train_step.md). The ReLU is inside so that its mask is
+    taken on the pooled grid: a window's maximum is positive exactly where the ReLU passed its argmax.
     """
-    return _pool_forward(x)[0]
+    return _pool_forward(jax.nn.relu(x))[0]
 
 
 def _max_pool_fwd(x: jax.Array):
-    out, taps = _pool_forward(x)
+    out, taps = _pool_forward(jax.nn.relu(x))
     first = jnp.full(out.shape, 8, jnp.int8)  # index of the first tap holding the maximum
     for k in range(7, -1, -1):
         first = jnp.where(taps[k] == out, jnp.int8(k), first)
-    return out, (first, x.shape)
+    # Materialised, XLA would otherwise recompute it from the padded input for every pixel of the gradient.
+    return out, (_materialized(first), out, x.shape)
+
+
+def _col2im_s2(taps: list[jax.Array], axis: int, size: int) -> jax.Array:
+    """Sums the taps at offsets 0, 1, 2 of the stride-2, padding-1 windows along `axis` onto the `size`
+    input pixels: pixel 2m gets taps[1][m], pixel 2m + 1 gets taps[0][m + 1] + taps[2][m]."""
+    n = taps[0].shape[axis]
+    later = jax.lax.pad(taps[0], jnp.zeros((), taps[0].dtype),
+                        [(0, 1, 0) if d == axis else (0, 0, 0) for d in range(taps[0].ndim)])
+    odd = jax.lax.slice_in_dim(later, 1, n + 1, axis=axis) + taps[2]
+    shape = list(odd.shape)
+    shape[axis] *= 2
+    return jax.lax.slice_in_dim(jnp.stack([taps[1], odd], axis + 1).reshape(shape), 0, size, axis=axis)
 
 
 def _max_pool_bwd(res, g):
-    first, (_, h, w, _) = res
-    zero, grad = jnp.zeros((), g.dtype), None
+    first, out, (_, h, w, _) = res
+    zero = jnp.zeros((), g.dtype)
+    g = jnp.where(out > 0, g, zero)
     # Tap (i, j) of window (a, b) is padded-input pixel (2a + i, 2b + j): each tap's share of the gradient,
-    # spread onto the padded grid with stride 2 (interior padding) and summed.
-    for k in range(9):
-        i, j = divmod(k, 3)
-        tap = jax.lax.pad(jnp.where(first == k, g, zero), zero,
-                          ((0, 0, 0), (i, 2 - i, 1), (j, 2 - j, 1), (0, 0, 0)))  # (2ho + 1, 2wo + 1) grid
-        grad = tap if grad is None else grad + tap
-    return (grad[:, 1:h + 1, 1:w + 1, :],)
+    # gathered per row and column phase of the input rather than as nine interior-padded copies.
+    rows = [_col2im_s2([jnp.where(first == 3 * i + j, g, zero) for j in range(3)], 2, w) for i in range(3)]
+    # One pass writes it: with several consumers (the BatchNorm's backward), XLA would split it up.
+    return (_materialized(_col2im_s2(rows, 1, h)),)
 
 
-max_pool_3x3_s2.defvjp(_max_pool_fwd, _max_pool_bwd)
+relu_max_pool_3x3_s2.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 class Downsample(nnx.Module):
@@ -256,8 +323,7 @@ class ResNet(nnx.Module):
         self.out_features = num_classes if num_classes > 0 else cin
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = nnx.relu(self.bn1(self.conv1(x)))
-        x = max_pool_3x3_s2(x)
+        x = relu_max_pool_3x3_s2(self.bn1(self.conv1(x)))
         for s in range(self.num_stages):
             for block in getattr(self, f"layer{s + 1}"):
                 x = block(x)
