@@ -8,9 +8,9 @@ runs in about 3 minutes on 2 CPU cores and prints the held-out mAP at initialisa
 progress line every 10 steps (`step 20/276 epoch 1/12 loss 0.1762 ... | 2.89 steps/s ETA 0:01:28`),
 the held-out mAP after each epoch, and at the end
 
-    final held-out mAP 0.5194 (at initialisation 0.7272) over 357 queries
-    4-way 1-shot 1-NN accuracy 0.5203 +- 0.0289 (50 episodes; 0.7170 at initialisation)
-    4-way 5-shot 1-NN accuracy 0.5993 +- 0.0190 (50 episodes; 0.8443 at initialisation)
+    final held-out mAP 0.4480 (at initialisation 0.7272) over 357 queries
+    4-way 1-shot 1-NN accuracy 0.4583 +- 0.0301 (50 episodes; 0.7170 at initialisation)
+    4-way 5-shot 1-NN accuracy 0.5563 +- 0.0164 (50 episodes; 0.8443 at initialisation)
 
 also written to runs/triplet/metrics.json. Six base classes are too few for the learned metric to
 beat a random network on the four unseen digits (docs/results.md); on Omniglot it does. Re-running the
