@@ -67,13 +67,6 @@ def _by_class(labels: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.n
     return np.where(column < counts[:, None], order[position], 0), counts
 
 
-def eligible_classes(support_labels: np.ndarray, query_labels: np.ndarray, shots: int,
-                     min_queries: int = 1) -> np.ndarray:
-    """Sorted classes with >= `shots` support images and >= `min_queries` query images."""
-    pool = EpisodePool(support_labels, query_labels)
-    return pool.classes[pool.eligible(shots, min_queries)]
-
-
 def _draw(rng: np.random.Generator, table: np.ndarray, counts: np.ndarray, chosen: np.ndarray,
           take: int) -> tuple[np.ndarray, np.ndarray]:
     """(indices, valid) of `take` draws without replacement from each chosen class's images, shape (E, N, take).
@@ -131,7 +124,7 @@ def sample_episodes(support_labels: np.ndarray, query_labels: np.ndarray, ways: 
                     num_episodes: int, seed: int, min_queries: int = 1) -> Episodes:
     """Seeded N-way K-shot episodes with up to Q queries per class (see the module docstring).
 
-    Raises ValueError if fewer than `ways` classes are eligible (`eligible_classes`).
+    Raises ValueError if fewer than `ways` classes are eligible (`EpisodePool.eligible`).
     """
     return EpisodePool(support_labels, query_labels).sample(ways, shots, queries, num_episodes, seed, min_queries)
 

@@ -32,7 +32,7 @@ import math
 
 import numpy as np
 
-from navee_jax.evaluate.expansion import expansion_error_vs_float64
+from navee_jax.evaluate.expansion import expansion_error_bound
 
 _GROUP = 52  # episodes per scan pass: a sum of distinct powers of two below 2**52 is exact in float64
 _REACH = 8  # ranking positions past a scan hit checked for rivals before deciding on the whole episode
@@ -50,8 +50,8 @@ class NearestNeighbourTable:
         self.expanded *= -2.0
         self.expanded += q_sq[:, None]
         self.expanded += s_sq[None, :]
-        bound = expansion_error_vs_float64(q_sq.astype(np.float64), float(s_sq.max(initial=0.0)),
-                                           self.support.shape[1])
+        bound = expansion_error_bound(q_sq.astype(np.float64), float(s_sq.max(initial=0.0)),
+                                      self.support.shape[1], direct=np.float64)
         # Two expanded distances further apart than this are in the order of their float64 distances
         # (differences and sums of float32 distances are taken in float64, exactly).
         self.margin = 2.0 * bound

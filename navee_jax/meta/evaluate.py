@@ -27,7 +27,7 @@ from jax.sharding import Mesh
 from navee_jax.data.catalogue import Catalogue
 from navee_jax.data.pipeline import eval_batches
 from navee_jax.data.splits import Split
-from navee_jax.evaluate.fewshot import accuracy_summary, sample_episodes
+from navee_jax.evaluate.fewshot import EpisodePool, accuracy_summary
 from navee_jax.evaluate.heldout import HeldoutEvaluator
 from navee_jax.meta.maml import adapt_and_predict, make_apply
 from navee_jax.meta.train import step_sizes
@@ -66,10 +66,11 @@ class FineTuneEpisodes:
         ways, queries = self.config.sampler.ways, self.config.eval.queries_per_class
         support_pool, query_pool = self.pools()
         report: dict[str, dict[str, Any]] = {}
+        pool = EpisodePool(self.support_labels, self.query_labels)
         for shot in shots:
             name = f"{ways}-way {shot}-shot"
             try:
-                eps = sample_episodes(self.support_labels, self.query_labels, ways, shot, queries, episodes, seed)
+                eps = pool.sample(ways, shot, queries, episodes, seed)
             except ValueError as e:
                 report[name] = {"skipped": str(e)}
                 continue

@@ -133,8 +133,8 @@ class ExactIndex:
         exact = np.asarray(_rerank(jnp.asarray(queries), self.chunks.reshape(-1, self.dim), jnp.asarray(cand)))
         order = np.lexsort((cand, exact), axis=1)[:, :k]  # by (direct distance, gallery index)
         dist, idx = np.take_along_axis(exact, order, axis=1), np.take_along_axis(cand, order, axis=1)
-        bound = expansion_error_bound(np.sum(np.square(queries.astype(np.float64)), axis=1), self.max_row_sq,
-                                       self.dim)
+        query_sq = np.sum(np.square(queries.astype(np.float64)), axis=1)
+        bound = 2.0 * expansion_error_bound(query_sq, self.max_row_sq, self.dim)  # doubled for safety
         unsure = np.flatnonzero(~(approx[:, -1].astype(np.float64) - bound > dist[:, -1]))
         if len(unsure):
             dist[unsure], idx[unsure] = _blocks(_direct_block, queries[unsure], args, k, query_chunk)
