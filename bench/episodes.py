@@ -9,14 +9,14 @@ and float64 alike: both sides then rank identically (ties included) and the comp
 results instead of agreement up to rounding.
 
 (a) The full default few-shot grid, N in {2, 5, 10, 20, 50} x K in {1, 2, 3, 5, 10}, `--episodes` episodes
-    per cell, 1-NN: `few_shot_grid` (`navee_jax.evaluate.nearest`: one ranked table, then a scan or a gather
-    per cell) vs a loop fitting sklearn's KNeighborsClassifier(n_neighbors=1, algorithm="brute") per episode
-    on the same episodes. Asserts identical per-cell accuracies and CIs. Two ratios: the whole call (both
-    sides sample the episodes with the same code, timed on its own and added to the loop) and the
-    classification alone (each side minus that sampling time). The loop runs with sklearn's thread pools
-    limited to one thread (threadpoolctl), its fastest setting for many small problems: on an idle machine
-    its default two OpenMP threads are no faster, and while anything else runs on the two cores they make
-    the loop ~20x slower, which would flatter the ratio.
+    per cell, 1-NN: `few_shot_grid` (`navee_jax.evaluate.nearest`: one ranked table, then one compiled loop
+    over each cell's episodes) vs a loop fitting sklearn's KNeighborsClassifier(n_neighbors=1,
+    algorithm="brute") per episode on the same episodes. Asserts identical per-cell accuracies and CIs. Two
+    ratios: the whole call (both sides sample the episodes with the same code, timed on its own and added to
+    the loop) and the classification alone (each side minus that sampling time). The loop runs with
+    sklearn's thread pools limited to one thread (threadpoolctl), its fastest setting for many small
+    problems: on an idle machine its default two OpenMP threads are no faster, and while anything else runs
+    on the two cores they make the loop ~20x slower, which would flatter the ratio.
 (b) Retrieval mAP of every query against the support pool: `retrieval_metrics` vs a loop calling
     sklearn.metrics.average_precision_score per query on float64 distances (one thread too, though it barely
     uses threads). Asserts equal mAP (to 1e-12).

@@ -38,8 +38,10 @@ def pools(rng, classes, support, query, dim, kind):
 
 
 @pytest.mark.parametrize("kind", ["normal", "integer", "far"])
-@pytest.mark.parametrize("depth", [6, 128])
-def test_predictions_equal_brute_force_float64_on_both_searches(kind, depth):
+@pytest.mark.parametrize("depth", [0, 6, 128, 400])
+def test_predictions_equal_brute_force_float64(kind, depth):
+    # depth 0: every query reads all its episode's distances; 6: walks are cut short (or their rivals run off
+    # the ranking) and fall back to that; 128: walks of up to M positions; 400: the whole pool is ranked.
     rng = np.random.default_rng(["normal", "integer", "far"].index(kind))
     s, s_lab, q, q_lab = pools(rng, classes=30, support=6, query=4, dim=5, kind=kind)
     keep = np.arange(len(q_lab)) % 5 != 2  # some classes lose a query image: padded, masked slots
@@ -47,27 +49,24 @@ def test_predictions_equal_brute_force_float64_on_both_searches(kind, depth):
     table = NearestNeighbourTable(s, q, depth=depth)
     for ways, shots in [(2, 1), (5, 3), (20, 2), (30, 6)]:
         eps = sample_episodes(s_lab, q_lab, ways, shots, queries=4, num_episodes=60, seed=ways)
-        want = brute_force_1nn(s, q, eps)
-        for search in ("scan", "gather", "auto"):
-            got = table.predict(eps.support, eps.support_labels, eps.query, eps.query_mask, ways, search)
-            np.testing.assert_array_equal(got, want, err_msg=f"{kind} {ways}-way {shots}-shot {search}")
+        got = table.predict(eps.support, eps.support_labels, eps.query, eps.query_mask)
+        np.testing.assert_array_equal(got, brute_force_1nn(s, q, eps), err_msg=f"{kind} {ways}-way {shots}-shot")
 
 
-def test_a_tie_goes_to_the_smallest_label_even_when_the_expansion_orders_it_last():
+@pytest.mark.parametrize("depth", [0, 4])
+def test_a_tie_goes_to_the_smallest_label_even_when_the_expansion_orders_it_last(depth):
     # Query at the origin; two support images at the same exact distance 1, one of them far down the pool.
     s = np.zeros((40, 2), np.float32) + 5
     s[3], s[37] = (1, 0), (0, 1)
     q = np.zeros((1, 2), np.float32)
-    table = NearestNeighbourTable(s, q, depth=4)
+    table = NearestNeighbourTable(s, q, depth=depth)
     support = np.array([[37, 10, 3, 11]])  # class 0 owns 37 and 10, class 1 owns 3 and 11
     labels = np.array([[0, 0, 1, 1]])
-    for search in ("scan", "gather"):
-        assert table.predict(support, labels, np.array([[0]]), np.array([[True]]), 2, search)[0, 0] == 0
-        assert table.predict(support[:, ::-1][:, [1, 0, 3, 2]], labels, np.array([[0]]), np.array([[True]]), 2,
-                             search)[0, 0] == 0
+    assert table.predict(support, labels, np.array([[0]]), np.array([[True]]))[0, 0] == 0
+    assert table.predict(support[:, [2, 3, 0, 1]], labels, np.array([[0]]), np.array([[True]]))[0, 0] == 0
 
 
-def test_bad_search_is_rejected():
+def test_episodes_of_different_sizes_are_rejected():
     table = NearestNeighbourTable(np.eye(3, dtype=np.float32), np.eye(3, dtype=np.float32))
-    with pytest.raises(ValueError, match="search='fast'"):
-        table.predict(np.array([[0, 1]]), np.array([[0, 1]]), np.array([[2]]), np.array([[True]]), 2, "fast")
+    with pytest.raises(ValueError, match="must describe the same episodes"):
+        table.predict(np.array([[0, 1]]), np.array([[0, 1]]), np.array([[2], [1]]), np.array([[True], [True]]))

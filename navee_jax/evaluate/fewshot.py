@@ -3,8 +3,9 @@
 Episodes are index sets into a support pool and a query pool of embeddings. They are sampled with a seeded
 numpy generator (deterministic for a given seed; each (N, K) cell has its own stream, so a cell's episodes do
 not depend on which other cells are evaluated, and all classifiers but the MLP, whose eligibility rule differs,
-see the same episodes), then every cell is classified in one jitted call vmapped over
-its episodes (`navee_jax.evaluate.classifiers`).
+see the same episodes), then every cell is classified in one call over all its episodes: a jitted call
+vmapped over them (`navee_jax.evaluate.classifiers`), or for 1-NN one compiled loop over a ranked
+distance table of the pools (`navee_jax.evaluate.nearest`).
 
 Definitions:
 
@@ -226,7 +227,7 @@ def few_shot_grid(support_emb: np.ndarray, support_labels: np.ndarray, query_emb
             if neighbours is None:
                 pred = _predict_from_embeddings(classifier, support_j, query_j, eps, n, C)
             elif nearest is not None:
-                pred = nearest.predict(eps.support, eps.support_labels, eps.query, eps.query_mask, n)
+                pred = nearest.predict(eps.support, eps.support_labels, eps.query, eps.query_mask)
             elif dist is not None:
                 pred = _knn_from_matrix(dist, eps.support, eps.support_labels, eps.query, neighbours, n)
             else:
