@@ -70,3 +70,10 @@ def test_episodes_of_different_sizes_are_rejected():
     table = NearestNeighbourTable(np.eye(3, dtype=np.float32), np.eye(3, dtype=np.float32))
     with pytest.raises(ValueError, match="must describe the same episodes"):
         table.predict(np.array([[0, 1]]), np.array([[0, 1]]), np.array([[2], [1]]), np.array([[True], [True]]))
+
+
+def test_non_finite_embeddings_are_rejected():
+    s = np.eye(3, dtype=np.float32)
+    s[1, 2] = np.nan
+    with pytest.raises(ValueError, match="support embeddings contain NaN"):
+        NearestNeighbourTable(s, np.eye(3, dtype=np.float32))

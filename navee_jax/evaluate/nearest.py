@@ -38,6 +38,10 @@ class NearestNeighbourTable:
     def __init__(self, support: np.ndarray, query: np.ndarray, depth: int = 80):
         self.support = np.ascontiguousarray(support, np.float32)
         self.query = np.ascontiguousarray(query, np.float32)
+        for name, emb in (("support", self.support), ("query", self.query)):
+            if not np.isfinite(emb).all():
+                raise ValueError(f"the {name} embeddings contain NaN or inf: 1-NN is undefined for them; check "
+                                 "the network's outputs (a diverged run?)")
         s_sq = np.einsum("ij,ij->i", self.support, self.support)
         q_sq = np.einsum("ij,ij->i", self.query, self.query)
         self.expanded = self.query @ self.support.T
