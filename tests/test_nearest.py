@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from navee_jax.evaluate.fewshot import sample_episodes
+from navee_jax.evaluate import nearest
 from navee_jax.evaluate.nearest import NearestNeighbourTable
 
 
@@ -51,6 +52,19 @@ def test_predictions_equal_brute_force_float64(kind, depth):
         eps = sample_episodes(s_lab, q_lab, ways, shots, queries=4, num_episodes=60, seed=ways)
         got = table.predict(eps.support, eps.support_labels, eps.query, eps.query_mask)
         np.testing.assert_array_equal(got, brute_force_1nn(s, q, eps), err_msg=f"{kind} {ways}-way {shots}-shot")
+
+
+def test_ranking_a_few_rows_at_a_time_changes_nothing(monkeypatch):
+    rng = np.random.default_rng(3)
+    s, s_lab, q, q_lab = pools(rng, classes=30, support=6, query=4, dim=5, kind="integer")
+    whole = NearestNeighbourTable(s, q, depth=20)
+    monkeypatch.setattr(nearest, "_RANKING_BYTES", 7 * 8 * len(s))  # blocks of 7 of the 120 query rows
+    blocks = NearestNeighbourTable(s, q, depth=20)
+    np.testing.assert_array_equal(np.take_along_axis(blocks.expanded, blocks.ranked, axis=1), whole.ranked_values)
+    np.testing.assert_array_equal(blocks.ranked_values, whole.ranked_values)
+    eps = sample_episodes(s_lab, q_lab, 20, 2, queries=4, num_episodes=30, seed=0)
+    got = blocks.predict(eps.support, eps.support_labels, eps.query, eps.query_mask)
+    np.testing.assert_array_equal(got, brute_force_1nn(s, q, eps))
 
 
 @pytest.mark.parametrize("depth", [0, 4])

@@ -184,8 +184,8 @@ def few_shot_grid(support_emb: np.ndarray, support_labels: np.ndarray, query_emb
     classifier: "1nn", "knn" (k neighbours), "prototype" (nearest class mean), "logreg" (L2 multinomial
     logistic regression with inverse strength C) or "mlp" (PCA + MLP tuned over `mlp`). For the neighbour
     rules, when all query-to-support distances fit in `max_matrix_bytes` (4 bytes each), 1-NN searches
-    `navee_jax.evaluate.nearest.NearestNeighbourTable` (exact, decided in float64; a few times that memory)
-    and k-NN gathers each episode's block of the squared-distance matrix (memory per cell about
+    `navee_jax.evaluate.nearest.NearestNeighbourTable` (exact, decided in float64; that memory plus 128 MB
+    of scratch) and k-NN gathers each episode's block of the squared-distance matrix (memory per cell about
     E * (N*Q) * (N*K) * 4 bytes); otherwise each episode computes its own distances in float32.
     """
     if classifier not in CLASSIFIERS:

@@ -31,6 +31,8 @@ import numpy as np
 
 from navee_jax.evaluate.expansion import expansion_error_bound
 
+_RANKING_BYTES = 1 << 27  # scratch for ranking a block of rows, beside the 4 bytes per pair of the table
+
 
 class NearestNeighbourTable:
     """Expanded distances, error margins and the `depth`-long ranking of every query of the pool."""
@@ -57,12 +59,18 @@ class NearestNeighbourTable:
         depth = min(depth, n_support)
         # `complete`: the ranking holds the whole pool, so a walk that runs off its end has seen every image.
         self.complete = depth == n_support
-        part = (np.argpartition(self.expanded, depth - 1, axis=1)[:, :depth] if 0 < depth < n_support
-                else np.broadcast_to(np.arange(depth), (len(self.query), depth)))
-        values = np.take_along_axis(self.expanded, part, axis=1)
-        order = np.argsort(values, axis=1)  # equal values are always checked as rivals, so any order works
-        self.ranked = np.ascontiguousarray(np.take_along_axis(part, order, axis=1), np.int32)
-        self.ranked_values = np.ascontiguousarray(np.take_along_axis(values, order, axis=1))
+        self.ranked = np.empty((len(self.query), depth), np.int32)
+        self.ranked_values = np.empty((len(self.query), depth), np.float32)
+        # argpartition's int64 indices would double the table's memory: rank a block of rows at a time.
+        rows = max(1, _RANKING_BYTES // (8 * max(n_support, 1)))
+        for start in range(0, len(self.query), rows):
+            block = self.expanded[start:start + rows]
+            part = (np.argpartition(block, depth - 1, axis=1)[:, :depth] if 0 < depth < n_support
+                    else np.broadcast_to(np.arange(depth), (len(block), depth)))
+            values = np.take_along_axis(block, part, axis=1)
+            order = np.argsort(values, axis=1)  # equal values are always checked as rivals: any order works
+            self.ranked[start:start + rows] = np.take_along_axis(part, order, axis=1)
+            self.ranked_values[start:start + rows] = np.take_along_axis(values, order, axis=1)
 
     def predict(self, support: np.ndarray, support_labels: np.ndarray, query: np.ndarray,
                 query_mask: np.ndarray) -> np.ndarray:
