@@ -61,7 +61,7 @@ class NearestNeighbourTable:
         self.complete = depth == n_support
         self.ranked = np.empty((len(self.query), depth), np.int32)
         self.ranked_values = np.empty((len(self.query), depth), np.float32)
-        # argpartition's int64 indices would double the table's memory: rank a block of rows at a time.
+        # argpartition's int64 indices would triple the table's peak memory: rank a block of rows at a time.
         rows = max(1, _RANKING_BYTES // (8 * max(n_support, 1)))
         for start in range(0, len(self.query), rows):
             block = self.expanded[start:start + rows]
