@@ -215,6 +215,11 @@ def test_grid_skips_impossible_cells_with_the_reason():
     mlp = few_shot_grid(s, s_lab, q, q_lab, ways=(4,), shots=(1,), classifier="mlp")
     assert "needs 4 classes with >= 1 support and >= 2 query images; 3 classes qualify" in mlp["4-way 1-shot"][
         "skipped"]
+    for classifier in ("1nn", "knn", "prototype"):  # an empty pool: every cell skipped, whichever is empty
+        no_support = few_shot_grid(s[:0], s_lab[:0], q, q_lab, ways=(2,), shots=(2,), classifier=classifier, k=3)
+        no_query = few_shot_grid(s, s_lab, q[:0], q_lab[:0], ways=(2,), shots=(2,), classifier=classifier, k=3)
+        for report in (no_support, no_query):
+            assert report["2-way 2-shot"]["skipped"].endswith("; 0 classes qualify"), (classifier, report)
 
 
 def test_grid_same_seed_identical_other_seed_differs():

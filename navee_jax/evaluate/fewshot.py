@@ -88,10 +88,10 @@ class EpisodePool:
     """The classes of a support and a query pool with per-class index tables, built once for many cells."""
 
     def __init__(self, support_labels: np.ndarray, query_labels: np.ndarray):
-        self.support_labels, self.query_labels = np.asarray(support_labels), np.asarray(query_labels)
-        self.classes = np.unique(self.support_labels)
-        self.support_table, self.support_counts = _by_class(self.support_labels, self.classes)
-        self.query_table, self.query_counts = _by_class(self.query_labels, self.classes)
+        support_labels, query_labels = np.asarray(support_labels), np.asarray(query_labels)
+        self.classes = np.unique(support_labels)
+        self.support_table, self.support_counts = _by_class(support_labels, self.classes)
+        self.query_table, self.query_counts = _by_class(query_labels, self.classes)
 
     def eligible(self, shots: int, min_queries: int = 1) -> np.ndarray:
         """Positions in `classes` of the classes with >= `shots` support and >= `min_queries` query images."""
@@ -145,8 +145,9 @@ _pairwise_squared = jax.jit(partial(pairwise_distances, metric="squared"))
 
 
 def _distance_matrix(query_emb: jax.Array, support_emb: jax.Array, chunk: int = 1024) -> jax.Array:
+    # At least one chunk, so that an empty query pool gives an empty (0, S) matrix.
     return jnp.concatenate([_pairwise_squared(query_emb[i:i + chunk], support_emb)
-                            for i in range(0, query_emb.shape[0], chunk)])
+                            for i in range(0, max(query_emb.shape[0], 1), chunk)])
 
 
 def accuracy_summary(acc: np.ndarray) -> dict[str, float]:
@@ -197,11 +198,11 @@ def few_shot_grid(support_emb: np.ndarray, support_labels: np.ndarray, query_emb
     neighbours = {"1nn": 1, "knn": k}.get(classifier)
     support_np, query_np = np.asarray(support_emb, np.float32), np.asarray(query_emb, np.float32)
     fits = neighbours is not None and len(query_np) * len(support_np) * 4 <= max_matrix_bytes
-    nearest = (NearestNeighbourTable(support_np, query_np)
-               if fits and neighbours == 1 and len(support_np) and len(query_np) else None)
-    if nearest is None and classifier != "mlp":
-        support_j, query_j = jnp.asarray(support_np), jnp.asarray(query_np)
-    dist = _distance_matrix(query_j, support_j) if fits and neighbours != 1 else None
+    nearest = NearestNeighbourTable(support_np, query_np) if fits and neighbours == 1 else None
+    # Device copies only for the classifiers that read them (1-NN's table and the MLP work on the host).
+    support_j, query_j = ((None, None) if nearest is not None or classifier == "mlp"
+                          else (jnp.asarray(support_np), jnp.asarray(query_np)))
+    dist = _distance_matrix(query_j, support_j) if fits and nearest is None else None
     pool = EpisodePool(support_labels, query_labels)
     report: dict[str, dict[str, Any]] = {}
     for n, shot in itertools.product(ways, shots):

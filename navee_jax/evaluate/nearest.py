@@ -77,13 +77,12 @@ class NearestNeighbourTable:
         """(E, N*Q) 1-NN labels for E episodes: support (E, N*K) pool indices, class-major with labels
         (E, N*K) in 0..N-1 (`Episodes`), query (E, N*Q) pool indices, `query_mask` False on padding
         (predicted -1)."""
-        support, query = np.asarray(support), np.asarray(query)
+        support, query = np.asarray(support, np.int64), np.asarray(query, np.int64)
         if support.shape[0] != query.shape[0] or support.shape != np.shape(support_labels):
             raise ValueError(f"support {support.shape}, support_labels {np.shape(support_labels)} and query "
                              f"{query.shape} must describe the same episodes")
         return _predict_episodes(self.expanded, self.margin, self.ranked, self.ranked_values, self.complete,
-                                 self.support, self.query, support.astype(np.int64),
-                                 np.asarray(support_labels, np.int64), query.astype(np.int64),
+                                 self.support, self.query, support, np.asarray(support_labels, np.int64), query,
                                  np.asarray(query_mask, np.bool_))
 
 
