@@ -3,14 +3,15 @@ r"""Train and evaluate a few-shot embedding: the one entry point for every metho
     python launch.py --config=configs/triplet.py[:variant] --workdir=runs/triplet [--config.a.b=value ...]
     python launch.py --config=... --workdir=runs/sweep --sweep="optim.lr=[5e-5, 1e-4]" [--sweep=...]
 
-    python launch.py --config=... --workdir=runs/triplet --mode=evaluate [--checkpoint=best|latest|<step>]
+    python launch.py --config=... --workdir=runs/triplet --mode=evaluate [--checkpoint=best|latest|<step>|none]
 
 With --sweep, every setting of the grid trains into its own sub-workdir and a table of the best
 held-out mAP per setting ends the run (navee_jax.train.sweep). --mode=evaluate evaluates the workdir's
 checkpoint beside the initial network and pixel baselines into <workdir>/report/ (navee_jax.evaluate.run).
 
-Bad input (unknown config key, wrong type, missing data, incompatible checkpoint, NaN loss) ends
-with one line on stderr naming the culprit, and exit status 2.
+Bad input (unknown config key, wrong type or value, missing data, incompatible checkpoint, NaN loss)
+ends with one line on stderr naming the culprit, and exit status 2. One run at a time holds a workdir
+(workdir/lock). Ctrl-C or SIGTERM ends with one line naming the last saved checkpoint, exit status 130 / 143.
 """
 
 import os
@@ -21,12 +22,13 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from navee_jax.cli import fail, parse_flags  # noqa: E402
+from navee_jax.cli import exit_on_interrupt, fail, parse_flags, resume_hint  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. configs/triplet.py[:variant].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and TensorBoard logs (default runs/<config>).")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate"], "Train (and evaluate), or only evaluate.")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "--mode=evaluate: best, latest or a saved step.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "--mode=evaluate: best, latest, a saved step, or none "
+                                  "(only the network at initialisation and the baselines).")
 _SWEEP = flags.DEFINE_multi_string("sweep", [], "key=[v1, v2, ...]: train every setting of the grid of these "
                                    "overrides into <workdir>/<setting>/ and tabulate held-out mAP.")
 
@@ -40,21 +42,10 @@ def main(argv: list[str]) -> None:
     name = os.path.splitext(os.path.basename(config_flags.get_config_filename(flags.FLAGS["config"])))[0]
     workdir = _WORKDIR.value or os.path.join("runs", name)
 
-    from navee_jax.errors import UserError
-    from navee_jax.train.loop import train_and_evaluate
-    from navee_jax.train.sweep import parse_sweep, run_sweep
+    with exit_on_interrupt(lambda: resume_hint(workdir, _MODE.value, bool(_SWEEP.value))):
+        from navee_jax.command import Command, run_command
 
-    try:
-        if _MODE.value == "evaluate":
-            from navee_jax.evaluate.run import evaluate_run
-
-            evaluate_run(config, workdir, _CHECKPOINT.value)
-        elif _SWEEP.value:
-            run_sweep(config, workdir, parse_sweep(_SWEEP.value, config), train_and_evaluate)
-        else:
-            train_and_evaluate(config, workdir)
-    except UserError as e:
-        fail(str(e))
+        run_command(Command(config, workdir, _MODE.value, _CHECKPOINT.value, tuple(_SWEEP.value)))
 
 
 if __name__ == "__main__":

@@ -1,12 +1,15 @@
-"""Turning command-line mistakes into one line that names the flag or config key."""
+"""The command line's one-line endings: a mistake in flags or config keys (exit status 2), and SIGINT / SIGTERM
+with what the interrupted run left (exit status 130 / 143)."""
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib.util
 import os
+import signal
 import sys
-from typing import Callable, NoReturn
+from typing import Callable, Iterator, NoReturn
 
 import ml_collections
 
@@ -112,3 +115,92 @@ def parse_flags(argv: list[str], usage_problem: Callable[[list[str]], str | None
         return flags.FLAGS(argv)
     except Exception as e:  # absl / ml_collections raise several types; all are the user's flags
         fail(explain_flag_error(argv, e))
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM, raised in the main thread so that `finally` blocks (checkpoint writers, the workdir
+    lock) run before the one-line exit."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+        self.exit_status = 128 + signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+
+
+_pending: list[int] = []  # signals received inside `interrupts_raised`, in case their exception was swallowed
+_deferring: list[bool] = []  # non-empty inside `interrupts_deferred`
+
+
+@contextlib.contextmanager
+def interrupts_raised() -> Iterator[None]:
+    """Within the block, SIGINT and SIGTERM raise `Interrupted` (after it, the previous handlers return).
+
+    A handler's exception can land where Python swallows it (a `__del__`, e.g. TensorFlow's garbage
+    collector: "Exception ignored in ..."), so the signal is also kept: long loops call `raise_if_interrupted`
+    at safe points."""
+    def handler(signum, frame):
+        _pending.append(signum)
+        if not _deferring:
+            raise Interrupted(signum)
+
+    def unraisable(info) -> None:  # the swallowed Interrupted stays pending instead of printing a traceback
+        if not isinstance(info.exc_value, Interrupted):
+            previous_hook(info)
+
+    _pending.clear()
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous_hook, sys.unraisablehook = sys.unraisablehook, unraisable
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        sys.unraisablehook = previous_hook
+        _pending.clear()
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """A signal received within the block raises only once the block is done: for work that must not be cut
+    in the middle (a checkpoint being written)."""
+    _deferring.append(True)
+    try:
+        yield
+    finally:
+        _deferring.pop()
+    raise_if_interrupted()
+
+
+@contextlib.contextmanager
+def exit_on_interrupt(hint: Callable[[], str]) -> Iterator[None]:
+    """Within the block SIGINT / SIGTERM raise `Interrupted`; it ends the process with one line on stderr,
+    `interrupted by SIGINT: <hint()>`, and exit status 130 / 143, once the `finally` blocks inside have run.
+    `os._exit` skips the interpreter's teardown, which can crash while XLA or TensorFlow threads are busy."""
+    with interrupts_raised():
+        try:
+            yield
+        except Interrupted as e:
+            print(f"interrupted by {e}: {hint()}", file=sys.stderr)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(e.exit_status)
+
+
+def raise_if_interrupted() -> None:
+    """Raises `Interrupted` for a signal whose exception did not reach the caller."""
+    if _pending:
+        raise Interrupted(_pending[0])
+
+
+def resume_hint(workdir: str, mode: str, sweep: bool) -> str:
+    """What an interrupted run leaves and how to go on (reads only the folder: a signal may come before
+    anything is imported)."""
+    if mode == "evaluate":
+        return "the report is incomplete; re-run the same command to evaluate again"
+    if sweep:
+        return "each finished setting is kept; re-run the same command to resume the sweep"
+    folder = os.path.join(workdir, "checkpoints")
+    steps = [int(n) for n in os.listdir(folder) if n.isdigit()] if os.path.isdir(folder) else []
+    if not steps:  # Orbax writes a step under a temporary name and renames it when it is complete
+        return "no checkpoint was saved yet; re-running the same command starts over"
+    return f"the last saved checkpoint is step {max(steps)} in {workdir}; re-run the same command to resume from it"

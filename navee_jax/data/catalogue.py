@@ -32,6 +32,8 @@ class Catalogue:
     skipped: tuple[Skipped, ...] = ()
     # per image, with data.duplicates='keep': equal ids = byte-identical files (None: all images distinct)
     content_ids: np.ndarray | None = None
+    root: str | None = None  # the folder the files came from, named in messages (None: not a file source)
+    digests: tuple[str, ...] | None = None  # per file: SHA-1 of its bytes (None: not computed)
 
     def __post_init__(self):
         if (self.paths is None) == (self.pixels is None):
@@ -41,6 +43,8 @@ class Catalogue:
             raise ValueError(f"{n} images but {len(self.labels)} labels")
         if self.content_ids is not None and len(self.content_ids) != n:
             raise ValueError(f"{n} images but {len(self.content_ids)} content ids")
+        if self.digests is not None and len(self.digests) != n:
+            raise ValueError(f"{n} images but {len(self.digests)} digests")
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -1,5 +1,6 @@
 """Catalogue sources: scikit-learn's bundled digits (the offline default), folder trees of any depth
-(Omniglot's `<alphabet>/<character>/*.png` is one), and the Kaggle Fashion Product Images layout.
+(Omniglot's `<alphabet>/<character>/*.png` is one; symlinked folders and files are followed), and the Kaggle
+Fashion Product Images layout (styles.csv read per RFC 4180, with the original file's unquoted commas).
 
 Every file-based source decodes each image once up front and hashes its bytes: unreadable files and
 files of other types are skipped, counted and listed, so that tf.data never meets a bad file. Exact
@@ -10,9 +11,11 @@ content id, which the split uses so that no image can sit on both sides of it.
 from __future__ import annotations
 
 import concurrent.futures
+import csv
 import dataclasses
 import hashlib
 import os
+from typing import Iterator
 
 import ml_collections
 import numpy as np
@@ -26,6 +29,10 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 _TF_DECODABLE = {"JPEG", "PNG", "GIF", "BMP", "WEBP"}
 _EXTENSIONS_TEXT = "/".join(e[1:] for e in IMAGE_EXTENSIONS)
 DUPLICATES = ("skip", "keep")  # data.duplicates: skip later exact copies, or keep them all
+# Free-text last columns of styles.csv: the original Kaggle file leaves commas in productDisplayName unquoted
+# (`...,Casual,Men Blue T-shirt, Slim`), so an unquoted row with too many fields has the extra ones joined
+# back into it. Any other last column gets no such help: a row of the wrong length is malformed.
+FREE_TEXT_LAST_COLUMNS = ("productDisplayName",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,10 +74,11 @@ def _check_duplicates(duplicates: str) -> None:
         raise UserError(f"data.duplicates: unknown value {duplicates!r}; use 'skip' or 'keep'")
 
 
-def _validated_catalogue(name: str, candidates: list[_Candidate], skipped: list[Skipped],
-                         num_workers: int = 8, duplicates: str = "skip") -> Catalogue:
+def _validated_catalogue(root: str, candidates: list[_Candidate], skipped: list[Skipped],
+                         num_workers: int = 8, duplicates: str = "skip", option: str = "data.root") -> Catalogue:
     """Decodes and hashes every candidate (in `candidates` order); builds the catalogue of the good ones.
-    Exact duplicates: the later copies are skipped ('skip'), or kept with the content id of the first ('keep')."""
+    Exact duplicates: the later copies are skipped ('skip'), or kept with the content id of the first ('keep').
+    `option` names where `root` came from, in messages."""
     _check_duplicates(duplicates)
     with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
         inspected = list(pool.map(inspect_image, [c.path for c in candidates]))
@@ -79,6 +87,7 @@ def _validated_catalogue(name: str, candidates: list[_Candidate], skipped: list[
     good: list[_Candidate] = []
     transparent: list[bool] = []
     content_ids: list[int] = []
+    digests: list[str] = []
     for c, (why, digest, alpha) in zip(candidates, inspected):
         if why is None and digest in first_of_hash and duplicates == "skip":
             why = f"duplicate: same bytes as {first_of_hash[digest]}"
@@ -89,13 +98,15 @@ def _validated_catalogue(name: str, candidates: list[_Candidate], skipped: list[
         content_ids.append(content_of_hash.setdefault(digest, len(content_of_hash)))
         good.append(c)
         transparent.append(alpha)
+        digests.append(digest)
     if not good:
-        raise UserError(f"data.root: no readable images ({_EXTENSIONS_TEXT}) in {name!r}")
+        raise UserError(f"{option}: no readable images ({_EXTENSIONS_TEXT}) in {root!r} ({len(skipped)} file(s)/"
+                        f"folder(s) skipped)")
     names = tuple(sorted({c.label for c in good}))
     lookup = {n: i for i, n in enumerate(names)}
     has_groups = any(c.group is not None for c in good)
     return Catalogue(
-        name=name,
+        name=os.path.basename(os.path.normpath(root)),
         labels=np.array([lookup[c.label] for c in good], dtype=np.int64),
         class_names=names,
         paths=tuple(c.path for c in good),
@@ -103,29 +114,73 @@ def _validated_catalogue(name: str, candidates: list[_Candidate], skipped: list[
         transparent=tuple(transparent),
         skipped=tuple(skipped),
         content_ids=np.array(content_ids, dtype=np.int64) if duplicates == "keep" else None,
+        root=root,
+        digests=tuple(digests),
     )
 
 
-def _check_root(root: str | None, layout: str) -> None:
+def _flag(option: str) -> str:
+    """How the user sets `option`: a config key ('data.root') through --config.<key>, a flag as it is."""
+    return option if option.startswith("--") else f"--config.{option}"
+
+
+def _check_root(root: str | None, layout: str, option: str = "data.root") -> None:
+    """`root` must be an existing folder; `option` is what the user set it with (a config key or a flag)."""
     if not root:
-        raise UserError(f"data.root is not set: pass --config.data.root=/path/to/{layout}")
+        raise UserError(f"{option} is not set: pass {_flag(option)}=/path/to/{layout}")
+    if os.path.exists(root) and not os.path.isdir(root):
+        what = "is a file, not a folder" if os.path.isfile(root) else "is not a folder"
+        raise UserError(f"{option}: {root!r} {what}; point {_flag(option)} at {layout}")
     if not os.path.isdir(root):
-        raise UserError(f"data.root: folder {root!r} does not exist; point --config.data.root at {layout}")
+        raise UserError(f"{option}: folder {root!r} does not exist; point {_flag(option)} at {layout}")
 
 
-def folder_catalogue(root: str, group_level: int = -1, duplicates: str = "skip") -> Catalogue:
+def walk_following_links(root: str, skipped: list[Skipped]) -> Iterator[tuple[str, list[str], list[str]]]:
+    """`os.walk(root)` top-down, subfolders and files sorted, that also enters symlinked folders (a tree
+    assembled from links is meant to be read through them). A folder whose real path is already on the way
+    down from root (a link to an ancestor) would recurse forever: it is not entered but added to `skipped`
+    as a symlink loop, as is a folder that cannot be listed. The caller may prune `subfolders` further."""
+    above: dict[str, frozenset[str]] = {root: frozenset([os.path.realpath(root)])}
+
+    def unreadable(e: OSError) -> None:
+        skipped.append(Skipped(e.filename or root, f"unreadable folder: {e.strerror or e}"))
+
+    for folder, subfolders, files in os.walk(root, onerror=unreadable, followlinks=True):
+        on_the_way = above.pop(folder)
+        entered = []
+        for d in sorted(subfolders):
+            path = os.path.join(folder, d)
+            real = os.path.realpath(path)
+            if real in on_the_way:
+                skipped.append(Skipped(path, f"symlink loop: leads back to {real}, a folder above it"))
+            else:
+                above[path] = on_the_way | {real}
+                entered.append(d)
+        subfolders[:] = entered  # os.walk descends into these only
+        yield folder, subfolders, sorted(files)
+
+
+def folder_catalogue(root: str, group_level: int = -1, duplicates: str = "skip",
+                     option: str = "data.root") -> Catalogue:
     """A tree `root/.../<class>/<image>` of any depth: every folder holding images is a class, named by
     its path relative to root; `group_level` >= 0 names the group by that path component (e.g. 0 for
     `<brand>/<article>`, 1 for Omniglot's `<set>/<alphabet>/<character>`). `duplicates`: see
-    `_validated_catalogue`."""
-    _check_root(root, "root/<class>/<image> (any depth)")
+    `_validated_catalogue`. Symlinked folders and files are followed (see `walk_following_links`).
+    `option` is how the user named root (a config key, or a flag such as '--references'), for messages."""
+    _check_root(root, "root/<class>/<image> (any depth)", option)
     skipped: list[Skipped] = []
     candidates: list[_Candidate] = []
-    for folder, subfolders, files in os.walk(root):
-        subfolders.sort()
+    for folder, subfolders, all_files in walk_following_links(root, skipped):
         rel = os.path.relpath(folder, root)
-        images = sorted(f for f in files if f.lower().endswith(IMAGE_EXTENSIONS))
-        others = sorted(f for f in files if f not in images)
+        files = []
+        for f in all_files:
+            path = os.path.join(folder, f)
+            if os.path.islink(path) and not os.path.exists(path):
+                skipped.append(Skipped(path, f"broken symlink: its target {os.readlink(path)!r} does not exist"))
+            else:
+                files.append(f)
+        images = [f for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
+        others = [f for f in files if not f.lower().endswith(IMAGE_EXTENSIONS)]
         if rel == ".":
             skipped += [Skipped(os.path.join(folder, f), "not in a class folder (expected root/<class>/<image>)")
                         for f in sorted(files)]
@@ -136,22 +191,75 @@ def folder_catalogue(root: str, group_level: int = -1, duplicates: str = "skip")
         parts = rel.split(os.sep)
         group = parts[group_level] if 0 <= group_level < len(parts) - 1 else None
         candidates += [_Candidate(os.path.join(folder, f), rel, group) for f in images]
-    return _validated_catalogue(os.path.basename(os.path.normpath(root)), candidates, skipped,
-                                duplicates=duplicates)
+    return _validated_catalogue(root, candidates, skipped, duplicates=duplicates, option=option)
 
 
-def read_styles_csv(path: str) -> tuple[list[str], list[list[str]], list[int]]:
-    """(header, rows, numbers of malformed lines). The original Kaggle file's last column
-    (productDisplayName) contains unquoted commas, so each line is split at most len(header)-1 times."""
-    with open(path, encoding="utf-8", errors="replace") as f:
-        header = f.readline().strip().split(",")
-        rows, malformed = [], []
-        for number, line in enumerate(f, start=2):
-            fields = line.rstrip("\r\n").split(",", len(header) - 1)
-            if len(fields) == len(header):
-                rows.append(fields)
-            elif line.strip():
-                malformed.append(number)
+class _Lines:
+    """A file's lines, handed to csv.reader one at a time; `pos` (lines handed out) can be moved back."""
+
+    def __init__(self, lines: list[str]):
+        self.lines, self.pos = lines, 0
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        if self.pos == len(self.lines):
+            raise StopIteration
+        self.pos += 1
+        return self.lines[self.pos - 1]
+
+
+def read_styles_csv(path: str) -> tuple[list[str], list[list[str]], list[tuple[int, str]]]:
+    """(header, rows, (line number, why) of each malformed row), parsed per RFC 4180 by Python's csv module:
+    a quoted field may hold commas, "" (a quote) and line breaks; a UTF-8 byte-order mark is dropped.
+
+    The original Kaggle file's last column, productDisplayName, holds unquoted commas: a row without quoted
+    fields and with too many fields has the extra ones joined back into the last column, when the header's last
+    column is one of FREE_TEXT_LAST_COLUMNS (what splitting each line at most len(header)-1 times did).
+    Any other row whose field count is not the header's is malformed. A quote that opens a field and is not
+    closed on its line swallows the lines after it: that row is malformed by itself, and reading resumes
+    on the next line, so that one stray quote costs one row and not the rest of the file. Blank lines are
+    not rows."""
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:  # newline="": csv reads \r\n
+        lines = _Lines(f.readlines())
+    reader = csv.reader(lines)
+    try:
+        header = [h.strip() for h in next(reader, [])]
+    except csv.Error as e:
+        raise UserError(f"{path}: unreadable header row: {e}") from None
+    if not any(header):
+        raise UserError(f"{path}: no header row (the first line should name the columns: id,...)")
+    n, join_extra = len(header), header[-1] in FREE_TEXT_LAST_COLUMNS
+    rows: list[list[str]] = []
+    malformed: list[tuple[int, str]] = []
+    while lines.pos < len(lines.lines):
+        start = lines.pos
+        try:
+            fields = next(reader)
+        except StopIteration:
+            break
+        except csv.Error:  # e.g. a field over csv's size limit: an unclosed quote that ran on and on
+            fields = None
+        text = "".join(lines.lines[start:lines.pos])
+        if fields is not None and len(fields) == n:
+            rows.append(fields)
+        elif not text.strip():
+            continue
+        elif fields is None or lines.pos - start > 1:
+            malformed.append((start + 1, "malformed row: unterminated quoted field (a quote opens a field "
+                                         "that no quote closes on this line)"))
+            lines.pos = start + 1
+            reader = csv.reader(lines)  # a fresh parser: the old one holds the swallowed lines' state
+        elif len(fields) > n and join_extra and fields == text.rstrip("\r\n").split(","):
+            # No field was quoted (a quote inside a field is a character): commas are all separators, and
+            # the extra ones can only be the display name's.
+            rows.append(fields[:n - 1] + [",".join(fields[n - 1:])])
+        else:
+            why = f"malformed row: {len(fields)} fields, header has {n}"
+            if len(fields) > n and join_extra:
+                why += " (a row with quoted fields must quote a last field that holds commas)"
+            malformed.append((start + 1, why))
     return header, rows, malformed
 
 
@@ -169,7 +277,7 @@ def styles_catalogue(root: str, label_column: str, group_column: str = "", dupli
             raise UserError(f"data.label_column / data.group_column: column {column!r} is not in {csv_path} "
                             f"(columns: {header})")
     col = {c: i for i, c in enumerate(header)}
-    skipped = [Skipped(f"{csv_path}:{n}", "malformed row: wrong number of fields") for n in malformed]
+    skipped = [Skipped(f"{csv_path}:{n}", why) for n, why in malformed]
     candidates = []
     for row in rows:
         path = os.path.join(root, "images", f"{row[col['id']].strip()}.jpg")
@@ -180,8 +288,7 @@ def styles_catalogue(root: str, label_column: str, group_column: str = "", dupli
         else:
             group = row[col[group_column]].strip() if group_column else None
             candidates.append(_Candidate(path, row[col[label_column]].strip(), group))
-    return _validated_catalogue(os.path.basename(os.path.normpath(root)), candidates, skipped,
-                                duplicates=duplicates)
+    return _validated_catalogue(root, candidates, skipped, duplicates=duplicates)
 
 
 def load_catalogue(data: ml_collections.ConfigDict) -> Catalogue:

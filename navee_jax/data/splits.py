@@ -56,13 +56,23 @@ def _check_partition(split: Split, n: int) -> None:
         raise AssertionError("split is not a partition of the catalogue")
 
 
-def _pick(what: str, names: list[str], chosen: tuple[str, ...], count: int, rng: np.random.Generator) -> list[str]:
-    """`chosen` by name, or else `count` of `names` drawn by `rng` (at least one must stay out)."""
+# Held-out evaluation trains on at least 2 classes (a metric needs negatives) and holds out at least 1.
+MIN_CLASSES = 3
+
+
+def _pick(what: str, names: list[str], chosen: tuple[str, ...], count: int, rng: np.random.Generator,
+          among: str = "the catalogue") -> list[str]:
+    """`chosen` by name, or else `count` of `names` drawn by `rng` (at least one must stay out); `among`
+    names where `names` come from, in messages."""
     if chosen:
         missing = [c for c in chosen if c not in names]
         if missing:
             raise UserError(f"split.heldout_{what}: {missing} not among the catalogue's {what} {names[:20]}")
         return list(chosen)
+    if len(names) < 2:  # else the range below reads "between 1 and 0"
+        one = {"classes": "class", "groups": "group"}[what] if len(names) == 1 else what
+        raise UserError(f"split.num_heldout_{what}={count}: {among} has only {len(names)} {one} {names}; "
+                        f"drawing held-out {what} needs at least 2 (one held out, one that trains)")
     if not 0 < count < len(names):
         raise UserError(f"split.num_heldout_{what}={count}: must be between 1 and {len(names) - 1} "
                         f"(there are {len(names)} {what})")
@@ -81,6 +91,11 @@ def heldout_classes(catalogue: Catalogue, cfg: ml_collections.ConfigDict, rng: n
     - "partial": `num_heldout_classes` classes drawn from `partial_group`, whose other classes train.
     """
     names = list(catalogue.class_names)
+    if len(names) < MIN_CLASSES:
+        where = f"data.root {catalogue.root!r}" if catalogue.root else f"the catalogue {catalogue.name!r}"
+        raise UserError(f"split: {where} has only {len(names)} class{'' if len(names) == 1 else 'es'} "
+                        f"{names[:5]}; held-out evaluation needs at least {MIN_CLASSES} (2 to train on, 1 held "
+                        f"out): add classes")
     if cfg.mode == "classes":
         return tuple(_pick("classes", names, tuple(cfg.heldout_classes), cfg.num_heldout_classes, rng))
     if cfg.mode not in ("groups", "partial"):
@@ -95,7 +110,8 @@ def heldout_classes(catalogue: Catalogue, cfg: ml_collections.ConfigDict, rng: n
     if cfg.partial_group not in groups:
         raise UserError(f"split.partial_group: {cfg.partial_group!r} is not a group of the catalogue {groups[:20]}")
     in_group = _classes_of_groups(catalogue, [cfg.partial_group])
-    return tuple(_pick("classes", in_group, (), cfg.num_heldout_classes, rng))
+    return tuple(_pick("classes", in_group, (), cfg.num_heldout_classes, rng,
+                       among=f"split.partial_group {cfg.partial_group!r}"))
 
 
 def _excluded_duplicates(catalogue: Catalogue, heldout: np.ndarray) -> np.ndarray:

@@ -1,12 +1,13 @@
 """`launch.py --mode=evaluate`: a trained checkpoint and the baselines, evaluated by the same code on the
 held-out classes of the config's data and split, into `workdir/report/` (report.json, report.md, figures).
 
-Feature sources: the trained embedding (`--checkpoint=best|latest|<step>`; skipped with a note when the
-workdir has none), the network at initialisation (untrained, or `model.pretrained` weights), and the
-`eval.baselines` on pixels ('raw pixels', 'HOG'). Each gets retrieval metrics (mAP, MAP@R, Recall@K),
-the N x K grid with 1-NN and the standard 5-way 1-/5-shot protocol with every `eval.classifiers`. For MAML the
-features are Conv-4's (navee_jax.meta.train.make_feature_fn), and the standard protocol adds the
-`sampler.ways`-way 1-/5-shot cells of fine-tuning on each episode ("maml fine-tuning", navee_jax.meta.evaluate).
+Feature sources: the trained embedding (`--checkpoint=best|latest|<step>`, the best by recorded held-out
+mAP by default; `--checkpoint=none` leaves it out, and a workdir without that checkpoint is an error), the
+network at initialisation (untrained, or `model.pretrained` weights), and the `eval.baselines` on pixels
+('raw pixels', 'HOG'). Each gets retrieval metrics (mAP, MAP@R, Recall@K), the N x K grid with 1-NN and the
+standard 5-way 1-/5-shot protocol with every `eval.classifiers`. For MAML the features are Conv-4's
+(navee_jax.meta.train.make_feature_fn), and the standard protocol adds the `sampler.ways`-way 1-/5-shot
+cells of fine-tuning on each episode ("maml fine-tuning", navee_jax.meta.evaluate).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from navee_jax.evaluate.retrieval import retrieval_metrics
 from navee_jax.train.checkpoints import Checkpoints
 from navee_jax.train.loop import Setup, build_setup
 
+NO_CHECKPOINT = "none"  # --checkpoint=none: no trained network, only the initial one and the baselines
+
 
 def _cells(named: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """{"5-way 1-shot": cell} -> [{"ways": 5, "shots": 1, **cell}] (the report's and figures' form)."""
@@ -39,15 +42,34 @@ def _cells(named: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def check_evaluable(workdir: str, checkpoint: str) -> None:
+    """Before anything is built or written: the workdir exists and holds the checkpoint asked for
+    (`checkpoint='none'` evaluates only the network at initialisation and the baselines)."""
+    if checkpoint == NO_CHECKPOINT:
+        return
+    if not os.path.isdir(workdir):
+        what = "is a file, not a training workdir" if os.path.exists(workdir) else "does not exist"
+        raise UserError(f"--mode=evaluate: --workdir={workdir!r} {what}; train into it first (the same command "
+                        f"without --mode=evaluate), or pass --checkpoint={NO_CHECKPOINT} to evaluate only the "
+                        f"network at initialisation and the baselines")
+    ckpt = Checkpoints(workdir)
+    try:
+        if ckpt.resolve_step(checkpoint) is None:
+            raise UserError(f"--mode=evaluate: workdir {workdir!r} has no saved checkpoint; train it first, or "
+                            f"pass --checkpoint={NO_CHECKPOINT} to evaluate only the network at initialisation "
+                            f"and the baselines")
+    finally:
+        ckpt.close()
+
+
 def _restore(setup: Setup, workdir: str, checkpoint: str) -> tuple[Any, str] | None:
-    """(train state, description) of `checkpoint` in `workdir`, or None when the workdir has no checkpoint."""
-    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    """(train state, description) of `checkpoint` in `workdir`, or None for `checkpoint='none'`."""
+    if checkpoint == NO_CHECKPOINT:
         return None
-    ckpt = Checkpoints(workdir, keep_last=1_000_000)  # evaluation must never delete checkpoints
+    check_evaluable(workdir, checkpoint)
+    ckpt = Checkpoints(workdir)  # read-only: evaluation never deletes a checkpoint
     try:
         step = ckpt.resolve_step(checkpoint)
-        if step is None:
-            return None
         meta = ckpt.restore_meta(step)
         state = ckpt.restore(step, setup.state)
     finally:
@@ -89,7 +111,8 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, checkpoint: st
 
     report_dir = os.path.join(workdir, "report")
     os.makedirs(report_dir, exist_ok=True)
-    results: dict[str, Any] = {"meta": {"dataset": catalogue.name, "checkpoint": checkpoint,
+    trained = restored[1] if restored is not None else "none: the network at initialisation and the baselines"
+    results: dict[str, Any] = {"meta": {"dataset": catalogue.name, "checkpoint": trained,
                                         "heldout_classes": len(split.heldout_classes),
                                         "support_images": len(split.support), "query_images": len(split.query)},
                                "sources": {}}

@@ -10,15 +10,17 @@ r"""Recognise new articles from the command line.
 enroll: references are `DIR/.../<article>/<image>` (the article is the folder's path under DIR); the "unknown"
 threshold is set for the target false-accept rate and stored in the gallery, calibrated on --calibration
 (held-out photos laid out the same way, of enrolled and/or other articles) or, without it, by leave-one-out
-on the references (each reference against the gallery without it; recall then is optimistic).
+on the references (each reference against the gallery without it; recall then is optimistic). Enrolling into
+an existing gallery skips (and counts) photos already in it: the bytes of an enrolled reference, whatever
+the path, so enrolling the same folder twice adds nothing. Symlinked folders are followed.
 predict: one row per image, to stdout; the model is the gallery's own checkpoint unless --workdir names
 another (which must be the same model). embed: image paths on stdin, one a line; one embedding a line
 (space-separated floats) on stdout in the same order. export: the embedding function as serialised StableHLO
 and as a TensorFlow SavedModel.
 
-An unreadable image gives an error row (predict) or a line of NaNs (embed) and a message on stderr, the
-others are processed, and the exit status is 1. Bad input (flags, workdir, gallery) is one line on stderr,
-exit status 2.
+An unreadable image gives an error row (predict: error set; article, distance and unknown empty) or a line
+of NaNs (embed) and a message on stderr, the others are processed, and the exit status is 1. Bad input
+(flags, workdir, gallery) is one line on stderr, exit status 2.
 """
 
 from __future__ import annotations
@@ -73,15 +75,20 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _folder_images(root: str) -> list[str]:
-    from navee_jax.data.sources import IMAGE_EXTENSIONS
+    """Every image file under `root`, symlinked folders followed; folders not entered (symlink loops,
+    unreadable) are named on stderr."""
+    from navee_jax.data.sources import IMAGE_EXTENSIONS, walk_following_links
     from navee_jax.errors import UserError
 
+    if os.path.isfile(root):
+        raise UserError(f"--images: {root!r} is a file, not a folder; pass image files as arguments instead")
     if not os.path.isdir(root):
         raise UserError(f"--images: folder {root!r} does not exist")
-    found = []
-    for folder, subfolders, files in os.walk(root):
-        subfolders.sort()
-        found += [os.path.join(folder, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)]
+    found, skipped = [], []
+    for folder, _, files in walk_following_links(root, skipped):
+        found += [os.path.join(folder, f) for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
+    for s in skipped:
+        print(f"skipped {s.path}: {s.reason}", file=sys.stderr)
     if not found:
         raise UserError(f"--images: no image files under {root!r}")
     return found
@@ -93,14 +100,18 @@ def _enroll(args) -> int:
     rec = Recognizer.load(args.workdir, args.checkpoint)
     if os.path.exists(os.path.join(args.gallery, "gallery.json")):
         rec.load_gallery(args.gallery)
-        print(f"adding to gallery {args.gallery} ({len(rec.gallery.articles)} articles)")
-    for line in rec.enroll_folder(args.references):
+        print(f"adding to gallery {args.gallery} ({len(rec.gallery)} reference images of "
+              f"{len(rec.gallery.articles)} articles)")
+    before = len(rec.gallery)
+    # Photos already in the gallery are skipped and counted in these lines ("already enrolled").
+    for line in rec.enroll_folder(args.references, option="--references"):
         print(line)
     g = rec.gallery
-    print(f"enrolled {len(g)} reference images of {len(g.articles)} articles")
-    # Always recalibrated: the gallery changed, and the threshold depends on what is enrolled.
+    print(f"enrolled {len(g) - before} new reference image(s); the gallery holds {len(g)} reference images of "
+          f"{len(g.articles)} articles")
+    # Always recalibrated: the gallery may have changed, and the threshold depends on what is enrolled.
     if args.calibration:
-        cal = rec.calibrate_folder(args.calibration, args.target_far)
+        cal = rec.calibrate_folder(args.calibration, args.target_far, option="--calibration")
     else:
         cal = rec.gallery.calibrate_leave_one_out(args.target_far)
     for mode in ("nn", "prototype"):
@@ -144,8 +155,8 @@ def _predict(args) -> int:
         w.writerow(["image", "article", "distance", "unknown", "top_k", "error"])
         for r in rows:
             w.writerow([r["image"], r["article"] or "", "" if r["distance"] is None else f"{r['distance']:.6f}",
-                        r["unknown"], "|".join(f"{t['article']}:{t['distance']:.6f}" for t in r["top_k"]),
-                        r["error"] or ""])
+                        "" if r["unknown"] is None else r["unknown"],  # an error row was not judged
+                        "|".join(f"{t['article']}:{t['distance']:.6f}" for t in r["top_k"]), r["error"] or ""])
     for p in predictions:
         if p.error:
             print(f"error: {p.image}: {p.error}", file=sys.stderr)

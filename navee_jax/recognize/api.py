@@ -27,7 +27,7 @@ import numpy as np
 from flax import nnx
 from PIL import Image
 
-from navee_jax.data.catalogue import Catalogue
+from navee_jax.data.catalogue import Catalogue, Skipped
 from navee_jax.data.pipeline import eval_batches
 from navee_jax.data.sources import folder_catalogue, inspect_image
 from navee_jax.errors import UserError
@@ -49,12 +49,13 @@ ImageInput = Any  # str | os.PathLike | PIL.Image.Image | np.ndarray
 
 @dataclasses.dataclass(frozen=True)
 class Prediction:
-    """One query image: its best article (None when unknown or on error), distances, and the top k."""
+    """One query image: its best article (None when unknown or on error), distances, and the top k.
+    `unknown` is None on error: an image that could not be read was neither recognised nor rejected."""
 
     image: str
     article: str | None
     distance: float | None
-    unknown: bool
+    unknown: bool | None
     top_k: list[tuple[str, float]]
     error: str | None = None
 
@@ -178,7 +179,7 @@ class Recognizer:
                             f"protonet, multi_similarity, proxy_anchor)")
         if not os.path.isdir(os.path.join(workdir, "checkpoints")):
             raise UserError(f"workdir {workdir!r} has no checkpoints/ (train it first)")
-        ckpt = Checkpoints(workdir, keep_last=1_000_000)  # loading must never delete checkpoints
+        ckpt = Checkpoints(workdir)  # read-only: loading never deletes a checkpoint
         try:
             step = ckpt.resolve_step(checkpoint)
             if step is None:
@@ -194,11 +195,13 @@ class Recognizer:
 
     # -- embeddings -------------------------------------------------------------------------------------
 
-    def _embed_catalogue(self, catalogue: Catalogue) -> np.ndarray:
-        """Embeddings of a catalogue's images, through the evaluation input pipeline."""
-        if len(catalogue) == 0:
+    def _embed_catalogue(self, catalogue: Catalogue, indices: np.ndarray | None = None) -> np.ndarray:
+        """Embeddings of a catalogue's images (those at `indices`, default all), through the evaluation
+        input pipeline."""
+        indices = np.arange(len(catalogue)) if indices is None else indices
+        if len(indices) == 0:
             return np.zeros((0, self.dim), np.float32)
-        batches = eval_batches(catalogue, np.arange(len(catalogue)), self.config.data, self.batch_size)
+        batches = eval_batches(catalogue, indices, self.config.data, self.batch_size)
         return embed_in_batches(self._embed_fn, self._state, batches, self.batch_size, self.mesh)
 
     def embed_or_errors(self, images: Any) -> tuple[np.ndarray, dict[int, str]]:
@@ -250,23 +253,34 @@ class Recognizer:
     # -- gallery --------------------------------------------------------------------------------------
 
     def enroll(self, images: Any, labels: Sequence[str]) -> None:
-        """Adds reference images of (new or enrolled) articles to the gallery."""
+        """Adds reference images of (new or enrolled) articles to the gallery, all of them (`enroll_folder`
+        skips images already enrolled)."""
         items = _image_list(images)
         if len(items) != len(labels):
             raise UserError(f"enroll: {len(labels)} labels for {len(items)} images")
         self.gallery.add(self.embed(items), labels, [describe(x, i) for i, x in enumerate(items)])
 
-    def enroll_folder(self, root: str) -> list[str]:
+    def enroll_folder(self, root: str, option: str = "--references") -> list[str]:
         """Enrolls `root/.../<article>/<image>` (the article is the folder's path under root, as the folder
-        data source names classes); returns lines describing skipped files (unreadable, duplicates, ...)."""
-        catalogue = folder_catalogue(root)
-        self.gallery.add(self._embed_catalogue(catalogue), [catalogue.class_names[c] for c in catalogue.labels],
-                         list(catalogue.paths))
-        return catalogue.skip_report()
+        data source names classes); returns lines describing skipped files (unreadable, duplicates, ...).
 
-    def calibrate_folder(self, root: str, target_far: float) -> dict[str, Any]:
-        """`calibrate` on a folder tree of held-out photos laid out like the references."""
-        catalogue = folder_catalogue(root)
+        Images already in the gallery are skipped and listed (`Gallery.enrolled_copies`): those with the
+        bytes (SHA-1) of an enrolled reference of the same article, whatever their path, are "already
+        enrolled"; with the bytes of another article's reference, a "duplicate" (as within one folder).
+        Enrolling the same folder twice therefore adds nothing. `option` names root in error messages."""
+        catalogue = folder_catalogue(root, option=option)
+        labels = [catalogue.class_names[c] for c in catalogue.labels]
+        why = self.gallery.enrolled_copies(labels, catalogue.digests, catalogue.paths)
+        new = np.array([i for i, w in enumerate(why) if w is None], np.int64)
+        self.gallery.add(self._embed_catalogue(catalogue, new), [labels[i] for i in new],
+                         [catalogue.paths[i] for i in new], [catalogue.digests[i] for i in new])
+        enrolled = tuple(Skipped(p, w) for p, w in zip(catalogue.paths, why) if w is not None)
+        return dataclasses.replace(catalogue, skipped=catalogue.skipped + enrolled).skip_report()
+
+    def calibrate_folder(self, root: str, target_far: float, option: str = "--calibration") -> dict[str, Any]:
+        """`calibrate` on a folder tree of held-out photos laid out like the references (`option` names
+        root in error messages)."""
+        catalogue = folder_catalogue(root, option=option)
         return self.gallery.calibrate(self._embed_catalogue(catalogue),
                                       [catalogue.class_names[c] for c in catalogue.labels], target_far)
 
@@ -311,5 +325,5 @@ class Recognizer:
         names = [describe(x, i) for i, x in enumerate(items)]
         ok = [i for i in range(len(items)) if i not in errors]
         found = dict(zip(ok, self.predict_embeddings(emb[ok], k, mode, [names[i] for i in ok], index))) if ok else {}
-        return [found[i] if i in found else Prediction(names[i], None, None, False, [], errors[i])
+        return [found[i] if i in found else Prediction(names[i], None, None, None, [], errors[i])
                 for i in range(len(items))]

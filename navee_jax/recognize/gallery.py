@@ -10,8 +10,12 @@ equal distances going to the earlier article (the suite's smallest-label rule). 
 the order of the others, so adding articles one at a time and removing some gives the same gallery as
 enrolling the remaining ones at once.
 
+Enrolling photos that are already in the gallery adds nothing (`enrolled_copies`): a reference image with
+the bytes of an enrolled one is skipped, as a second copy within one enrolled folder is, so that enrolling
+a folder in parts gives the gallery of enrolling it at once.
+
 On disk a gallery is a folder: `gallery.json` (articles, fingerprint, calibration) and `gallery.npz`
-(embeddings, article of each image, image references), no pickle.
+(embeddings, article of each image, image references, SHA-1 of each image's bytes), no pickle.
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ class Gallery:
         self.image_article = np.zeros((0,), np.int64)  # index into `articles` per reference image
         self.articles: list[str] = []
         self.refs: list[str] = []  # where each reference image came from (path or a description)
+        self.digests: list[str] = []  # SHA-1 of each reference image's file ("": not known, e.g. an array)
         self.calibration: dict[str, Any] | None = None
         self._prototypes: np.ndarray | None = None
         self._indexes: dict[tuple[str, str], ExactIndex | FaissIndex] = {}  # built on first search
@@ -81,8 +86,10 @@ class Gallery:
     def dim(self) -> int:
         return self.embeddings.shape[1]
 
-    def add(self, embeddings: np.ndarray, labels: Sequence[str], refs: Sequence[str] | None = None) -> None:
-        """Appends reference images of new or already enrolled articles."""
+    def add(self, embeddings: np.ndarray, labels: Sequence[str], refs: Sequence[str] | None = None,
+            digests: Sequence[str] | None = None) -> None:
+        """Appends reference images of new or already enrolled articles (`digests`: SHA-1 of each image's
+        bytes, for `enrolled_copies`; "" or None where unknown). No check for images already enrolled."""
         embeddings = np.asarray(embeddings, np.float32)
         labels = [str(label) for label in labels]
         if embeddings.ndim != 2 or embeddings.shape[1] != self.dim or len(embeddings) != len(labels):
@@ -91,6 +98,9 @@ class Gallery:
         if not np.isfinite(embeddings).all():
             raise UserError("enroll: embeddings contain NaN/inf")
         refs = list(refs) if refs is not None else [f"enrolled[{len(self) + i}]" for i in range(len(labels))]
+        digests = list(digests) if digests is not None else [""] * len(labels)
+        if len(refs) != len(labels) or len(digests) != len(labels):
+            raise UserError(f"enroll: {len(labels)} labels but {len(refs)} refs and {len(digests)} digests")
         index = {a: i for i, a in enumerate(self.articles)}
         for label in labels:
             if label not in index:
@@ -99,7 +109,35 @@ class Gallery:
         self.embeddings = np.concatenate([self.embeddings, embeddings])
         self.image_article = np.concatenate([self.image_article, np.array([index[x] for x in labels], np.int64)])
         self.refs += [str(r) for r in refs]
+        self.digests += [str(d) for d in digests]
         self._prototypes, self._indexes = None, {}
+
+    def enrolled_copies(self, labels: Sequence[str], digests: Sequence[str], refs: Sequence[str]) -> list[str | None]:
+        """For each candidate reference image (its article, SHA-1 of its bytes, path): why it must not be
+        added, or None. "already enrolled": a reference of the same article has the same bytes, or, for
+        references stored without a digest (galleries written before digests were kept, arrays), the same
+        path. "duplicate": its bytes are enrolled under another article; skipped like the second copy in one
+        folder (`folder_catalogue`), so that enrolling in parts gives the gallery of enrolling at once."""
+        by_digest: dict[str, dict[str, str]] = {}  # digest -> {article: first reference with those bytes}
+        by_path: set[tuple[str, str]] = set()  # (article, absolute path) of references without a digest
+        for a, ref, digest in zip(self.image_article.tolist(), self.refs, self.digests):
+            if digest:
+                by_digest.setdefault(digest, {}).setdefault(self.articles[a], ref)
+            else:
+                by_path.add((self.articles[a], os.path.abspath(ref)))
+        out: list[str | None] = []
+        for label, digest, ref in zip(labels, digests, refs):
+            same_bytes = by_digest.get(digest, {}) if digest else {}
+            if label in same_bytes:
+                out.append(f"already enrolled: same bytes as {same_bytes[label]}")
+            elif same_bytes:
+                article, first = next(iter(same_bytes.items()))
+                out.append(f"duplicate: same bytes as {first} (enrolled as article {article!r})")
+            elif (label, os.path.abspath(ref)) in by_path:
+                out.append("already enrolled: same path and article")
+            else:
+                out.append(None)
+        return out
 
     def remove(self, articles: Sequence[str]) -> None:
         """Removes every reference image of `articles`; an article that is not enrolled is an error."""
@@ -112,6 +150,7 @@ class Gallery:
         self.embeddings = self.embeddings[keep]
         self.image_article = new_index[self.image_article[keep]]
         self.refs = [r for r, k in zip(self.refs, keep) if k]
+        self.digests = [d for d, k in zip(self.digests, keep) if k]
         self.articles = [a for a, g in zip(self.articles, gone) if not g]
         self._prototypes, self._indexes = None, {}
 
@@ -234,7 +273,7 @@ class Gallery:
     def save(self, path: str) -> None:
         os.makedirs(path, exist_ok=True)
         np.savez(os.path.join(path, "gallery.npz"), embeddings=self.embeddings, image_article=self.image_article,
-                 refs=np.array(self.refs, dtype=np.str_))
+                 refs=np.array(self.refs, dtype=np.str_), digests=np.array(self.digests, dtype=np.str_))
         meta = {"format": FORMAT_VERSION, "dim": self.dim, "articles": self.articles,
                 "fingerprint": self.fingerprint, "calibration": self.calibration}
         tmp = os.path.join(path, "gallery.json.tmp")
@@ -253,6 +292,8 @@ class Gallery:
                 meta = json.load(f)
             with np.load(arrays_path, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in ("embeddings", "image_article", "refs")}
+                # Galleries written before digests were kept have none: "" (enrolled_copies then uses paths).
+                arrays["digests"] = z["digests"] if "digests" in z.files else np.full(len(arrays["refs"]), "")
         except Exception as e:  # json / zip / numpy raise many types; all mean "damaged"
             raise UserError(f"gallery {path!r} is unreadable: {type(e).__name__}: {e}") from None
         if meta.get("format") != FORMAT_VERSION:
@@ -260,5 +301,6 @@ class Gallery:
         g = cls(meta["dim"], meta["fingerprint"])
         g.embeddings, g.image_article = arrays["embeddings"].astype(np.float32), arrays["image_article"]
         g.refs, g.articles = [str(r) for r in arrays["refs"]], list(meta["articles"])
+        g.digests = [str(d) for d in arrays["digests"]]
         g.calibration = meta["calibration"]
         return g

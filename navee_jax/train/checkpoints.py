@@ -1,8 +1,13 @@
-"""Orbax checkpoints in `workdir/checkpoints`: keep the last few and the best by held-out mAP."""
+"""Orbax checkpoints in `workdir/checkpoints`: the latest few and the best by held-out mAP.
+
+Each step stores its held-out metrics beside the state (Orbax's `best_fn`), so "best" survives a resume,
+and retention is exactly the latest `keep_last` steps plus the best one, whatever process saved them.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 from typing import Any
 
 import jax
@@ -11,47 +16,83 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy as policy
 
 from navee_jax.errors import UserError
 
+CHECKPOINT_NAMES = "best, latest or a saved step number"
+
+
+class UnreadableCheckpoint(UserError):
+    """A step whose files cannot be read at all (truncated, deleted, not Orbax's), as opposed to one that
+    reads but does not fit the config."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason  # what Orbax said, for a message of the caller's own
+
 
 class Checkpoints:
-    """Saves (train state, JSON metadata) per epoch; restores the latest for resuming."""
+    """Saves (train state, JSON metadata, metrics) per epoch. `keep_last=None` opens the directory read-only:
+    evaluation and recognition never write or delete a checkpoint."""
 
-    def __init__(self, workdir: str, keep_last: int, best_metric: str = "map"):
+    def __init__(self, workdir: str, keep_last: int | None = None, best_metric: str = "map"):
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-        keep = policy.AnyPreservationPolicy([
-            policy.LatestN(keep_last),
-            policy.BestN(get_metric_fn=lambda m: m[best_metric], n=1),
-        ])
-        options = ocp.CheckpointManagerOptions(preservation_policy=keep, cleanup_tmp_directories=True)
+        self.best_metric = best_metric
+
+        def rank(metrics: dict) -> tuple:  # ties go to the earlier step, as metrics.json's best_epoch
+            return metrics[best_metric], -metrics.get("step", 0)
+
+        best = dict(best_fn=rank, best_mode="max")
+        self.read_only = keep_last is None
+        if self.read_only:  # never saves, so its (default) policy never deletes; Orbax's read_only logs warnings
+            options = ocp.CheckpointManagerOptions(create=False, **best)
+        else:
+            keep = policy.AnyPreservationPolicy([
+                policy.LatestN(keep_last),
+                # Steps saved before metrics were recorded with them are kept: one of them may be a workdir's best.
+                policy.BestN(get_metric_fn=rank, n=1, keep_checkpoints_without_metrics=True),
+            ])
+            options = ocp.CheckpointManagerOptions(preservation_policy=keep, cleanup_tmp_directories=True, **best)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
     def best_step(self) -> int | None:
+        """The step with the highest recorded metric; None when no step recorded one."""
         return self.manager.best_step()
 
     def resolve_step(self, checkpoint: str) -> int | None:
         """The step that `checkpoint` ('best', 'latest' or a saved step number) names; None when there is none."""
-        steps = self.manager.all_steps()
+        steps = self.steps()
         if not steps:
             return None
-        if checkpoint in ("best", "latest"):
-            return self.best_step() if checkpoint == "best" else self.latest_step()
+        if checkpoint == "latest":
+            return self.latest_step()
+        if checkpoint == "best":
+            best = self.best_step()
+            if best is None:
+                raise UserError(f"{self.directory}: no checkpoint recorded its held-out {self.best_metric} (saved "
+                                f"by an older version); pass --checkpoint=latest or one of the steps {steps}")
+            return best
         if checkpoint.isdigit() and int(checkpoint) in steps:
             return int(checkpoint)
-        raise UserError(f"--checkpoint={checkpoint!r}: use best, latest or one of the saved steps {sorted(steps)}")
+        raise UserError(f"--checkpoint={checkpoint!r}: use {CHECKPOINT_NAMES}; saved steps: {steps}")
 
     def save(self, step: int, state: Any, meta: dict, metrics: dict[str, float]) -> None:
+        """Returns once the step is on disk, so that whatever is printed after it is true even if the
+        process is killed the next instant."""
+        assert not self.read_only, "opened read-only (keep_last=None)"
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-        self.manager.save(step, args=args, metrics=metrics)
+        self.manager.save(step, args=args, metrics={**metrics, "step": step})
+        self.manager.wait_until_finished()
 
     def restore_meta(self, step: int) -> dict:
         """Only the JSON metadata: cheap, and checked before the arrays are touched."""
         try:
             return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         except Exception as e:  # orbax raises many types; all mean "not a checkpoint of ours"
-            raise UserError(f"checkpoint {self.directory}/{step} is unreadable ({_first_line(e)}); "
-                            f"delete it or use a fresh --workdir") from None
+            raise self._unreadable(step, e) from None
 
     def restore(self, step: int, like: Any) -> Any:
         """The train state, into the structure, shapes and shardings of `like` (a freshly built state)."""
@@ -59,9 +100,11 @@ class Checkpoints:
         try:
             args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
             return self.manager.restore(step, args=args)["state"]
-        except Exception as e:  # orbax/tensorstore raise many types; all mean "does not fit this config"
-            raise UserError(f"checkpoint {self.directory}/{step} does not match this config ({_first_line(e)}); "
-                            f"use the config it was trained with, or a fresh --workdir") from None
+        except Exception as e:  # orbax/tensorstore raise many types: tell corrupt files from a mismatch
+            mismatch = e
+        self.restore_arrays(step)  # raises UnreadableCheckpoint when the files themselves are broken
+        raise UserError(f"checkpoint {self.directory}/{step} does not match this config ({_first_line(mismatch)}); "
+                        f"use the config it was trained with, or a fresh --workdir") from None
 
     def restore_arrays(self, step: int) -> dict[str, Any]:
         """The saved train state as nested dicts of arrays, without a target structure: for reading the
@@ -69,11 +112,30 @@ class Checkpoints:
         try:
             return self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
         except Exception as e:  # orbax/tensorstore raise many types; all mean "unreadable"
-            raise UserError(f"checkpoint {self.directory}/{step} is unreadable ({_first_line(e)})") from None
+            raise self._unreadable(step, e) from None
+
+    def set_aside(self, step: int) -> str:
+        """Moves an unreadable step out of Orbax's directory (so that training can save that step again),
+        into `workdir/unreadable_checkpoints/`, where the user can inspect or delete it."""
+        target_dir = os.path.join(os.path.dirname(self.directory), "unreadable_checkpoints")
+        os.makedirs(target_dir, exist_ok=True)
+        target = os.path.join(target_dir, str(step))
+        suffix = 1
+        while os.path.exists(target):
+            target, suffix = os.path.join(target_dir, f"{step}.{suffix}"), suffix + 1
+        shutil.move(os.path.join(self.directory, str(step)), target)
+        self.manager.reload()
+        return target
 
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+    def _unreadable(self, step: int, e: Exception) -> UnreadableCheckpoint:
+        others = [s for s in self.steps() if s != step]
+        return UnreadableCheckpoint(
+            f"checkpoint {self.directory}/{step} is unreadable ({_first_line(e)}); delete that folder" +
+            (f", or use another saved step {others}" if others else ", or use a fresh --workdir"), _first_line(e))
 
 
 def _first_line(e: Exception) -> str:

@@ -15,6 +15,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from navee_jax.cli import interrupts_deferred, raise_if_interrupted
 from navee_jax.data.catalogue import Catalogue
 from navee_jax.data.sources import load_catalogue
 from navee_jax.data.splits import Split, make_split, write_split
@@ -23,7 +24,7 @@ from navee_jax.evaluate.heldout import HeldoutEvaluator
 from navee_jax.meta import train as meta_train
 from navee_jax.meta.evaluate import FineTuneEpisodes, MamlHeldoutEvaluator
 from navee_jax.models import build_model
-from navee_jax.train.checkpoints import Checkpoints
+from navee_jax.train.checkpoints import Checkpoints, UnreadableCheckpoint
 from navee_jax.train.progress import Progress
 from navee_jax.train.objectives import Objective, epoch_batches, images_per_step, make_objective
 from navee_jax.train.sharding import check_divisible, make_mesh, replicated, shard_step_batch
@@ -156,11 +157,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ckpt = Checkpoints(workdir, config.train.keep_checkpoints)
     writer = None
     try:
-        latest = ckpt.latest_step()
-        meta = ckpt.restore_meta(latest) if latest is not None else None
-        if meta is not None:
-            _check_resumable(meta["fingerprint"], config, f"workdir {workdir}")
-            state = ckpt.restore(latest, state)
+        latest, meta, state = _restore_newest_readable(ckpt, state, config, workdir)
         # Only once the workdir is known to belong to this config are its files (re)written.
         _write_run_files(workdir, config, catalogue, split, resuming=meta is not None)
         writer = _metric_writer(workdir)
@@ -177,6 +174,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         for epoch in range(start_epoch, num_epochs):
             pending, loss_sum = [], 0.0
             for i, batch in enumerate(epoch_batches(catalogue, split.train, config, epoch, steps_per_epoch)):
+                raise_if_interrupted()  # a signal whose exception was swallowed (e.g. in a __del__) stops here
                 state, metrics = train_step(state, shard_step_batch(batch, mesh))
                 pending.append(metrics)
                 step = epoch * steps_per_epoch + i + 1
@@ -188,7 +186,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             history.append({"epoch": epoch + 1, "step": step, "map": epoch_map, "loss": loss_sum / steps_per_epoch})
             meta = {"epoch": epoch + 1, "history": history, "initial": initial,
                     "fingerprint": _resume_fingerprint(config)}
-            ckpt.save(step, state, meta, {"map": epoch_map})
+            with interrupts_deferred():  # Ctrl-C waits for the checkpoint: it is then on disk, whole
+                ckpt.save(step, state, meta, {"map": epoch_map})
             writer.write_scalars(step, {"eval/map": epoch_map})
             best = max(history, key=lambda h: h["map"])
             print(f"epoch {epoch + 1}/{num_epochs} held-out mAP {epoch_map:.4f} "
@@ -214,6 +213,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     print(f"trained {total_steps - start_epoch * steps_per_epoch} steps in {time.perf_counter() - train_start:.1f}s; "
           f"wrote {os.path.join(workdir, 'metrics.json')}")
     return results
+
+
+def _restore_newest_readable(ckpt: Checkpoints, state: TrainState, config: ml_collections.ConfigDict,
+                             workdir: str) -> tuple[int | None, dict | None, TrainState]:
+    """(step, metadata, state) of the newest checkpoint whose files read, or (None, None, `state`) when there
+    is none. Unreadable steps are moved aside (kept for the user) and said so; a readable checkpoint of
+    another config is refused."""
+    for step in reversed(ckpt.steps()):
+        try:
+            meta = ckpt.restore_meta(step)
+            _check_resumable(meta["fingerprint"], config, f"workdir {workdir}")
+            return step, meta, ckpt.restore(step, state)
+        except UnreadableCheckpoint as e:
+            moved = ckpt.set_aside(step)
+            older = [s for s in ckpt.steps() if s < step]
+            print(f"warning: checkpoint step {step} is unreadable ({e.reason}); moved it to {moved} for you to "
+                  f"inspect or delete; " + (f"falling back to step {older[-1]}" if older else "no older checkpoint"))
+    return None, None, state
 
 
 def _write_run_files(workdir: str, config: ml_collections.ConfigDict, catalogue: Catalogue, split: Split,

@@ -70,6 +70,18 @@ def settings(axes: list[tuple[str, list[Any]]]) -> list[dict[str, Any]]:
     return [dict(zip(keys, combo)) for combo in itertools.product(*[v for _, v in axes])]
 
 
+def configure(config: ml_collections.ConfigDict, setting: dict[str, Any]) -> ml_collections.ConfigDict:
+    """A copy of `config` with the setting's values."""
+    cfg = copy.deepcopy(config)
+    for key, value in setting.items():
+        *parents, leaf = key.split(".")
+        node = cfg
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return cfg
+
+
 def setting_name(setting: dict[str, Any]) -> str:
     """A folder name for a setting, e.g. 'optim.lr=5e-05,loss.margin=1.0'."""
     name = ",".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in setting.items())
@@ -84,14 +96,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, axes: list[tuple[
     for i, setting in enumerate(grid):
         sub = os.path.join(workdir, setting_name(setting))
         print(f"sweep {i + 1}/{len(grid)}: {setting} -> {sub}")
-        cfg = copy.deepcopy(config)
-        for key, value in setting.items():
-            *parents, leaf = key.split(".")
-            node = cfg
-            for p in parents:
-                node = node[p]
-            node[leaf] = value
-        result = train(cfg, sub)
+        result = train(configure(config, setting), sub)
         best = result["best_epoch"]
         rows.append({"setting": setting, "workdir": sub, "best_map": best["map"] if best else None,
                      "best_epoch": best["epoch"] if best else None, "final_map": result["final"]["map"],
