@@ -127,17 +127,20 @@ class Interrupted(KeyboardInterrupt):
         self.exit_status = 128 + signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
 
 
-_pending: list[int] = []  # signals received inside `interrupts_raised`, in case their exception was swallowed
+_pending: list[int] = []  # signals received inside `exit_on_interrupt`, in case their exception was swallowed
 _deferring: list[bool] = []  # non-empty inside `interrupts_deferred`
 
 
 @contextlib.contextmanager
-def interrupts_raised() -> Iterator[None]:
-    """Within the block, SIGINT and SIGTERM raise `Interrupted` (after it, the previous handlers return).
+def exit_on_interrupt(hint: Callable[[], str]) -> Iterator[None]:
+    """Within the block SIGINT / SIGTERM raise `Interrupted` in the main thread; it ends the process with one
+    line on stderr, `interrupted by SIGINT: <hint()>`, and exit status 130 / 143, once the `finally` blocks
+    inside (checkpoint writers, the workdir lock) have run.
 
     A handler's exception can land where Python swallows it (a `__del__`, e.g. TensorFlow's garbage
-    collector: "Exception ignored in ..."), so the signal is also kept: long loops call `raise_if_interrupted`
-    at safe points."""
+    collector: "Exception ignored in ..."), so the signal is also kept pending: long loops call
+    `raise_if_interrupted` at safe points. `os._exit` skips the interpreter's teardown, which can crash while
+    XLA or TensorFlow threads are busy."""
     def handler(signum, frame):
         _pending.append(signum)
         if not _deferring:
@@ -152,6 +155,11 @@ def interrupts_raised() -> Iterator[None]:
     previous_hook, sys.unraisablehook = sys.unraisablehook, unraisable
     try:
         yield
+    except Interrupted as e:
+        print(f"interrupted by {e}: {hint()}", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(e.exit_status)
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
@@ -169,21 +177,6 @@ def interrupts_deferred() -> Iterator[None]:
     finally:
         _deferring.pop()
     raise_if_interrupted()
-
-
-@contextlib.contextmanager
-def exit_on_interrupt(hint: Callable[[], str]) -> Iterator[None]:
-    """Within the block SIGINT / SIGTERM raise `Interrupted`; it ends the process with one line on stderr,
-    `interrupted by SIGINT: <hint()>`, and exit status 130 / 143, once the `finally` blocks inside have run.
-    `os._exit` skips the interpreter's teardown, which can crash while XLA or TensorFlow threads are busy."""
-    with interrupts_raised():
-        try:
-            yield
-        except Interrupted as e:
-            print(f"interrupted by {e}: {hint()}", file=sys.stderr)
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(e.exit_status)
 
 
 def raise_if_interrupted() -> None:

@@ -52,8 +52,7 @@ class WorkdirLock:
         if previous.get("pid") is not None and previous.get("host") == here and _alive(previous["pid"]) \
                 and previous["pid"] != os.getpid():
             f.close()  # flock is not honoured here (e.g. some network file systems), but the holder lives
-            raise UserError(f"workdir {self.workdir!r} is in use by another run: {_describe(previous)}; "
-                            f"wait for it to finish or pass another --workdir")
+            raise self._in_use(previous)
         if previous:
             print(f"note: took over the stale lock of {_describe(previous)} in {self.path}: that run is no "
                   f"longer running")
@@ -85,14 +84,17 @@ class WorkdirLock:
                 f.close()
                 if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                     raise
-                raise UserError(f"workdir {self.workdir!r} is in use by another run: {_describe(self._holder())}; "
-                                f"wait for it to finish or pass another --workdir") from None
+                raise self._in_use(self._holder()) from None
             try:
                 if os.stat(self.path).st_ino == os.fstat(f.fileno()).st_ino:
                     return f
             except FileNotFoundError:
                 pass
             f.close()
+
+    def _in_use(self, holder: dict) -> UserError:
+        return UserError(f"workdir {self.workdir!r} is in use by another run: {_describe(holder)}; wait for it to "
+                         f"finish or pass another --workdir")
 
     def _holder(self) -> dict:
         try:

@@ -42,11 +42,11 @@ def _cells(named: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def check_evaluable(workdir: str, checkpoint: str) -> None:
-    """Before anything is built or written: the workdir exists and holds the checkpoint asked for
-    (`checkpoint='none'` evaluates only the network at initialisation and the baselines)."""
+def check_evaluable(workdir: str, checkpoint: str) -> int | None:
+    """Before anything is built or written: the workdir exists and holds the checkpoint asked for; returns its
+    step (None for `checkpoint='none'`: only the network at initialisation and the baselines)."""
     if checkpoint == NO_CHECKPOINT:
-        return
+        return None
     if not os.path.isdir(workdir):
         what = "is a file, not a training workdir" if os.path.exists(workdir) else "does not exist"
         raise UserError(f"--mode=evaluate: --workdir={workdir!r} {what}; train into it first (the same command "
@@ -54,22 +54,23 @@ def check_evaluable(workdir: str, checkpoint: str) -> None:
                         f"network at initialisation and the baselines")
     ckpt = Checkpoints(workdir)
     try:
-        if ckpt.resolve_step(checkpoint) is None:
-            raise UserError(f"--mode=evaluate: workdir {workdir!r} has no saved checkpoint; train it first, or "
-                            f"pass --checkpoint={NO_CHECKPOINT} to evaluate only the network at initialisation "
-                            f"and the baselines")
+        step = ckpt.resolve_step(checkpoint)
     finally:
         ckpt.close()
+    if step is None:
+        raise UserError(f"--mode=evaluate: workdir {workdir!r} has no saved checkpoint; train it first, or pass "
+                        f"--checkpoint={NO_CHECKPOINT} to evaluate only the network at initialisation and the "
+                        f"baselines")
+    return step
 
 
 def _restore(setup: Setup, workdir: str, checkpoint: str) -> tuple[Any, str] | None:
     """(train state, description) of `checkpoint` in `workdir`, or None for `checkpoint='none'`."""
-    if checkpoint == NO_CHECKPOINT:
+    step = check_evaluable(workdir, checkpoint)
+    if step is None:
         return None
-    check_evaluable(workdir, checkpoint)
     ckpt = Checkpoints(workdir)  # read-only: evaluation never deletes a checkpoint
     try:
-        step = ckpt.resolve_step(checkpoint)
         meta = ckpt.restore_meta(step)
         state = ckpt.restore(step, setup.state)
     finally:

@@ -58,10 +58,6 @@ class Checkpoints:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def best_step(self) -> int | None:
-        """The step with the highest recorded metric; None when no step recorded one."""
-        return self.manager.best_step()
-
     def resolve_step(self, checkpoint: str) -> int | None:
         """The step that `checkpoint` ('best', 'latest' or a saved step number) names; None when there is none."""
         steps = self.steps()
@@ -70,7 +66,7 @@ class Checkpoints:
         if checkpoint == "latest":
             return self.latest_step()
         if checkpoint == "best":
-            best = self.best_step()
+            best = self.manager.best_step()  # the highest recorded metric; None when no step recorded one
             if best is None:
                 raise UserError(f"{self.directory}: no checkpoint recorded its held-out {self.best_metric} (saved "
                                 f"by an older version); pass --checkpoint=latest or one of the steps {steps}")
