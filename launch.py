@@ -6,8 +6,8 @@ r"""Train and evaluate a few-shot embedding: the one entry point for every metho
     python launch.py --config=... --workdir=runs/triplet --mode=evaluate [--checkpoint=best|latest|<step>|none]
 
 With --sweep, every setting of the grid trains into its own sub-workdir and a table of the best
-held-out mAP per setting ends the run (navee_jax.train.sweep). --mode=evaluate evaluates the workdir's
-checkpoint beside the initial network and pixel baselines into <workdir>/report/ (navee_jax.evaluate.run).
+held-out mAP per setting ends the run (navee_jax.launcher.sweep). --mode=evaluate evaluates the workdir's
+checkpoint beside the initial network and pixel baselines into <workdir>/report/ (navee_jax.launcher.evaluate).
 
 Bad input (unknown config key, wrong type or value, missing data, incompatible checkpoint, NaN loss)
 ends with one line on stderr naming the culprit, and exit status 2. One run at a time holds a workdir
@@ -43,7 +43,7 @@ def main(argv: list[str]) -> None:
     workdir = _WORKDIR.value or os.path.join("runs", name)
 
     with exit_on_interrupt(lambda: resume_hint(workdir, _MODE.value, bool(_SWEEP.value))):
-        from navee_jax.command import Command, run_command
+        from navee_jax.launcher.command import Command, run_command
 
         run_command(Command(config, workdir, _MODE.value, _CHECKPOINT.value, tuple(_SWEEP.value)))
 

@@ -43,7 +43,8 @@ from sklearn.metrics import average_precision_score  # noqa: E402
 from sklearn.neighbors import KNeighborsClassifier  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
-from navee_jax.evaluate.fewshot import Episodes, EpisodePool, few_shot_grid  # noqa: E402
+from navee_jax.data.episodes import Episodes, EpisodeSampler  # noqa: E402
+from navee_jax.evaluate.fewshot import few_shot_grid  # noqa: E402
 from navee_jax.evaluate.retrieval import retrieval_metrics  # noqa: E402
 
 WAYS, SHOTS, QUERIES = (2, 5, 10, 20, 50), (1, 2, 3, 5, 10), 15
@@ -74,12 +75,13 @@ def cold_and_warm(fn, repeats: int = 3):
 
 def sample_grid(s_lab, q_lab, episodes: int, seed: int) -> dict[tuple[int, int], Episodes]:
     """The episodes `few_shot_grid` draws for every cell (the same code it runs)."""
-    pool = EpisodePool(s_lab, q_lab)
-    return {(n, k): pool.sample(n, k, QUERIES, episodes, seed) for n in WAYS for k in SHOTS}
+    sampler = EpisodeSampler(s_lab, q_lab)
+    return {(n, k): sampler.sample(n, k, QUERIES, episodes, np.random.default_rng([seed, n, k]))
+            for n in WAYS for k in SHOTS}
 
 
 def sklearn_grid(s, q, cells: dict[tuple[int, int], Episodes], episodes: int) -> dict[str, dict[str, float]]:
-    """Per-episode KNeighborsClassifier loop over the episodes of every cell."""
+    """Per-episode KNeighborsClassifier loop over the episodes of every cell: {"N-way K-shot": {"mean", "ci95"}}."""
     report = {}
     for (n, k), eps in cells.items():
         acc = np.empty(episodes)
@@ -88,7 +90,7 @@ def sklearn_grid(s, q, cells: dict[tuple[int, int], Episodes], episodes: int) ->
             pred = clf.fit(s[eps.support[e]], eps.support_labels[e]).predict(q[eps.query[e]])
             mask = eps.query_mask[e]
             acc[e] = np.sum((pred == eps.query_labels[e]) & mask) / mask.sum()
-        report[f"{n}-way {k}-shot"] = {"accuracy": float(acc.mean()),
+        report[f"{n}-way {k}-shot"] = {"mean": float(acc.mean()),
                                        "ci95": float(1.96 * acc.std(ddof=1) / np.sqrt(episodes))}
     return report
 
@@ -115,7 +117,8 @@ def main() -> None:
     def ours():
         return few_shot_grid(s, s_lab, q, q_lab, WAYS, SHOTS, QUERIES, args.episodes, args.seed)
 
-    grid, cold, warm = cold_and_warm(ours)
+    cells_list, cold, warm = cold_and_warm(ours)
+    grid = {c.name: c for c in cells_list}
     cells, _, sampling = cold_and_warm(lambda: sample_grid(s_lab, q_lab, args.episodes, args.seed))
     with warnings.catch_warnings(), threadpool_limits(1):
         warnings.simplefilter("ignore")  # "more than 50% unique classes" on 1-shot support sets
@@ -123,12 +126,12 @@ def main() -> None:
     print("\n(a) 1-NN episode grid: accuracy navee_jax | sklearn")
     print("      " + "".join(f"{k:>10}-shot" for k in SHOTS))
     for n in WAYS:
-        row = [f"{grid[f'{n}-way {k}-shot']['accuracy']:.4f}|{reference[f'{n}-way {k}-shot']['accuracy']:.4f}"
+        row = [f"{grid[f'{n}-way {k}-shot'].mean:.4f}|{reference[f'{n}-way {k}-shot']['mean']:.4f}"
                for k in SHOTS]
         print(f"{n:>2}-way " + " ".join(f"{c:>14}" for c in row))
     for name, ref in reference.items():
         got = grid[name]
-        assert (got["accuracy"], got["ci95"]) == (ref["accuracy"], ref["ci95"]), (name, got, ref)
+        assert (got.mean, got.ci95) == (ref["mean"], ref["ci95"]), (name, got, ref)
     print(f"identical accuracies and CIs in all {len(reference)} cells")
     print(f"sampling the episodes {sampling * 1e3:.1f} ms (the same code on both sides)")
     print(f"whole grid: navee_jax {cold * 1e3:.1f} ms cold, {warm * 1e3:.1f} ms warm; sklearn loop + sampling "

@@ -53,9 +53,10 @@ def train_step_images_per_second(steps: int = 3) -> float:
     from flax import nnx
 
     from navee_jax.models import build_model
-    from navee_jax.train.objectives import make_objective
-    from navee_jax.train.sharding import make_mesh, replicated, shard_step_batch
-    from navee_jax.train.step import image_normalizer, init_train_state, make_train_step
+    from navee_jax.losses import make_objective
+    from navee_jax.sharding import make_mesh, replicated, shard_step_batch
+    from navee_jax.embed import image_normalizer
+    from navee_jax.train.step import init_train_state, make_train_step
 
     cfg = triplet.get_config()
     mesh, tx = make_mesh(), optax.adam(1e-4)

@@ -17,8 +17,10 @@ the host, normalised with ImageNet mean/std inside the step), in float32:
 
 The Flax step is compiled with the compile options `make_train_step` uses on a CPU mesh (XLA:CPU's own
 Eigen convolutions instead of the YNNPACK ones jaxlib 0.10 uses by default; dots and reductions stay on
-YNNPACK; see navee_jax.train.step.compiler_options and docs/train_step.md); `--also-default` also times
-the step compiled with jaxlib's defaults.
+YNNPACK; see navee_jax.backend.compiler_options and docs/train_step.md) and the model is built with the
+CPU backward passes (`build_model(..., cpu_tuned=backend.cpu_tuned(mesh))`, navee_jax.models.cpu_tuned),
+as the real callers do; NAVEE_PLAIN_MODELS=1 times the plain model and default options instead.
+`--also-default` also times the step compiled with jaxlib's defaults.
 
 Each side is compiled / warmed up first; then rounds alternate the sides (`--steps` timed steps each).
 A round during which other processes used more than --quiet-cpu-s CPU seconds is marked disturbed
@@ -71,10 +73,12 @@ def build_flax(images: np.ndarray, labels: np.ndarray, xla_options: dict | None)
     from flax import nnx
 
     from configs import triplet
+    from navee_jax.backend import cpu_tuned
     from navee_jax.models import build_model
-    from navee_jax.train.objectives import make_objective
-    from navee_jax.train.sharding import make_mesh, replicated, shard_step_batch
-    from navee_jax.train.step import image_normalizer, init_train_state, make_train_step
+    from navee_jax.losses import make_objective
+    from navee_jax.sharding import make_mesh, replicated, shard_step_batch
+    from navee_jax.embed import image_normalizer
+    from navee_jax.train.step import init_train_state, make_train_step
 
     cfg = triplet.get_config()  # loss: triplet, batch_hard miner, euclidean, margin 0.2
     cfg.data.image_size = images.shape[1]
@@ -82,7 +86,8 @@ def build_flax(images: np.ndarray, labels: np.ndarray, xla_options: dict | None)
                                                                                   "euclidean", MARGIN)
     objective = make_objective(cfg, labels)
     mesh, tx = make_mesh(), optax.adamw(LR, weight_decay=WEIGHT_DECAY)
-    graphdef, _, state = init_train_state(build_model(cfg.model, nnx.Rngs(0), cfg.data.image_size), tx)
+    model = build_model(cfg.model, nnx.Rngs(0), cfg.data.image_size, cpu_tuned=cpu_tuned(mesh))
+    graphdef, _, state = init_train_state(model, tx)
     state = jax.device_put(state, replicated(mesh))
     step = make_train_step(graphdef, tx, objective.loss, mesh, image_normalizer(cfg.data), xla_options=xla_options)
     return step, state, shard_step_batch({"images": images, "labels": labels}, mesh)
@@ -90,7 +95,7 @@ def build_flax(images: np.ndarray, labels: np.ndarray, xla_options: dict | None)
 
 def flax_step(images: np.ndarray, labels: np.ndarray, xla_options: dict | None):
     """(run one step and wait for it, compile seconds); `xla_options` None: the step's own
-    (`navee_jax.train.step.compiler_options`), {}: jaxlib's defaults."""
+    (`navee_jax.backend.compiler_options`), {}: jaxlib's defaults."""
     import jax
 
     step, state, batch = build_flax(images, labels, xla_options)
@@ -193,12 +198,12 @@ def main() -> None:
     import jax
     import torch
 
-    from navee_jax.train.sharding import make_mesh
-    from navee_jax.train.step import compiler_options
+    from navee_jax.sharding import make_mesh
+    from navee_jax.backend import compiler_options, cpu_tuned
 
     print(f"machine: {os.cpu_count()} CPU cores; jax {jax.__version__}, torch {torch.__version__} "
           f"({args.threads} threads); XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; flax compile options: "
-          f"{compiler_options(make_mesh()) or 'defaults'}")
+          f"{compiler_options(make_mesh()) or 'defaults'}; CPU-tuned model: {cpu_tuned(make_mesh())}")
     print(f"ResNet-18, batch {args.batch} ({args.batch // 4} classes x 4), {args.size}x{args.size}, float32, "
           f"{args.steps} steps x {args.rounds} rounds; " + ", ".join(notes))
     times = {name: [] for name in sides}

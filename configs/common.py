@@ -31,6 +31,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         raise ValueError(f"unknown variant {variant!r}; variants: {VARIANTS}")
     c = ml_collections.ConfigDict()
     c.seed = 0
+    # The training method (navee_jax.method): 'metric_learning' trains loss.name's embedding loss; 'maml'
+    # meta-learns (configs/maml.py); others are registered with navee_jax.method.register_method.
+    c.method = "metric_learning"
 
     c.data = ml_collections.ConfigDict()
     # 'digits' (sklearn's bundled 8x8 digits, offline) | 'folder' (root/.../<class>/<image>, any depth)
@@ -111,7 +114,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.eval.shots = (1, 5)
     c.eval.queries_per_class = 15
     c.eval.episodes = 50  # per N-way K-shot setting (and per grid cell in --mode=evaluate)
-    # --mode=evaluate (navee_jax.evaluate.run): the N x K grid (1-NN), the standard 5-way 1-/5-shot protocol
+    # --mode=evaluate (navee_jax.launcher.evaluate): the N x K grid (1-NN), the standard 5-way 1-/5-shot protocol
     # with each classifier (1nn | knn | prototype | logreg | mlp), and the baselines beside the network
     c.eval.grid_ways = (2, 5, 10, 20, 50)
     c.eval.grid_shots = (1, 2, 3, 5, 10)

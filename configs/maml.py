@@ -45,6 +45,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.model.backbone = "conv4"
     c.model.embed_dim = c.sampler.get_ref("ways")  # the head: one logit per class of a task
     c.model.normalize = False
+    c.method = "maml"  # navee_jax.meta.method; its settings live in c.loss
     c.loss = ml_collections.ConfigDict()
     c.loss.name = "maml"
     c.loss.inner_steps = 1  # the paper: 1 for 5-way Omniglot, 5 for 20-way

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from navee_jax.errors import UserError
-from navee_jax.train.checkpoints import Checkpoints, UnreadableCheckpoint
+from navee_jax.checkpoints import Checkpoints, UnreadableCheckpoint
 
 
 def _state(step: int) -> dict:

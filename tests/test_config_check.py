@@ -1,6 +1,6 @@
-"""navee_jax.config_check: every key of every shipped config has a rule, and each rule turns its bad values into
-one line naming the key, before any work. The full table runs in-process through the real flag parser
-(ml_collections' config_flags on a fresh FlagValues, then check_config, as launch.py does); a few cases run
+"""navee_jax.launcher.config_check: every key of every shipped config has a rule, and each rule turns its bad
+values into one line naming the key, before any work. The full table runs in-process through the real flag
+parser (ml_collections' config_flags on a fresh FlagValues, then check_config, as launch.py does); a few cases run
 launch.py itself, for the whole path to stderr and the exit status."""
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from ml_collections import config_flags
 
 from configs import common
 from conftest import REPO, run_launch
-from navee_jax import cli, command
-from navee_jax.config_check import RULES, check_config, leaf_keys, lookup
+from navee_jax import cli
+from navee_jax.launcher import command
+from navee_jax.launcher.config_check import RULES, check_config, leaf_keys, lookup
 from navee_jax.errors import UserError
 
 # config_flags loads config files with the deprecated importlib load_module(): one warning per parse.
@@ -39,6 +40,7 @@ class Py:
 # Each applicable kind: wrong type, zero, negative, out of range, unknown enum, non-finite.
 BAD: dict[str, list[Any]] = {
     "seed": ["-1", "1.5", str(2**63), Py("0")],
+    "method": ["nonexistent", Py(1)],
     "data.source": ["webdataset", "tfds:", Py(None)],
     "data.root": [Py(3), Py(("a",))],
     "data.group_level": ["-2", "x"],
@@ -231,7 +233,7 @@ def _error_line(config: ml_collections.ConfigDict) -> str:
 
 @pytest.fixture
 def launch_in_process(tmp_path, capsys, monkeypatch):
-    """What launch.py does with parsed flags (navee_jax.command.run_command), in this process: returns the
+    """What launch.py does with parsed flags (navee_jax.launcher.command.run_command), in this process: returns the
     line it printed on stderr after asserting exit status 2, nothing else on stderr and no workdir."""
     def never_run(*args):
         raise AssertionError("a bad config reached the run")
@@ -266,7 +268,7 @@ TABLE = [(key, bad) for key, values in BAD.items() for bad in values]
 
 def test_every_config_key_has_a_rule_and_bad_values():
     missing_rule = [k for k in ALL_KEYS if k not in RULES]
-    assert not missing_rule, f"key {missing_rule[0]} has no validation rule (navee_jax.config_check.RULES)"
+    assert not missing_rule, f"key {missing_rule[0]} has no validation rule (navee_jax.launcher.config_check.RULES)"
     missing_case = [k for k in ALL_KEYS if not BAD.get(k)]
     assert not missing_case, f"key {missing_case[0]} has no bad values in BAD (tests/test_config_check.py)"
     # A rule or a case for a key no config has is a typo that would never check anything.

@@ -7,7 +7,7 @@ from sklearn.datasets import load_digits
 
 from configs import common
 from conftest import run_launch, write_image
-from navee_jax.data.pipeline import episode_batches, episode_indices, eval_batches, pk_indices, train_batches
+from navee_jax.data.pipeline import eval_batches, pk_indices, train_batches
 from navee_jax.data.sources import digits_catalogue, folder_catalogue
 from navee_jax.data.splits import make_split
 from navee_jax.errors import UserError
@@ -211,54 +211,6 @@ def test_original_kaggle_styles_csv_with_unquoted_commas(tmp_path):
     assert reasons == ["malformed row", "missing image for a styles.csv row"]
     with pytest.raises(UserError, match="column 'colour'"):
         styles_catalogue(str(tmp_path), label_column="colour")
-
-
-def _episode_cfg(**sampler):
-    cfg = common.get_config()
-    cfg.data.image_size, cfg.data.flip = 8, False
-    cfg.sampler.update(sampler)
-    return cfg
-
-
-def test_episodes_have_n_way_k_shot_structure_from_held_out_classes_only():
-    cat = digits_catalogue()
-    cfg = _episode_cfg(ways=3, shots=2, queries=4)
-    split = make_split(cat, cfg.split, seed=0)
-    pool = np.concatenate([split.support, split.query])  # episodes over the held-out classes 6-9
-    eps = list(episode_batches(cat, pool, cfg, epoch=0, num_episodes=5))
-    ref = episode_indices(cat.labels, pool, 3, 2, 4, 5, np.random.default_rng([cfg.seed, 4, 0]))
-    train_classes = set(cat.labels[split.train])
-    for e, ep in enumerate(eps):
-        assert ep["support_images"].shape == (6, 8, 8, 3) and ep["query_images"].shape == (12, 8, 8, 3)
-        np.testing.assert_array_equal(ep["support_labels"], [0, 0, 1, 1, 2, 2])
-        np.testing.assert_array_equal(ep["query_labels"], np.repeat([0, 1, 2], 4))
-        assert len(set(ep["classes"])) == 3 and not set(ep["classes"]) & train_classes
-        # local label j is global class classes[j], for support and query, and no query is a support image
-        np.testing.assert_array_equal(cat.labels[ref["support"][e]], ep["classes"][ep["support_labels"]])
-        np.testing.assert_array_equal(cat.labels[ref["query"][e]], ep["classes"][ep["query_labels"]])
-        assert not set(ref["support"][e]) & set(ref["query"][e])
-        # the images are those indices' images (no augmentation at the source size, flip off)
-        np.testing.assert_array_equal(ep["query_images"], np.repeat(cat.pixels[ref["query"][e]], 3, axis=-1))
-    again = list(episode_batches(cat, pool, cfg, epoch=0, num_episodes=5))
-    reseeded = _episode_cfg(ways=3, shots=2, queries=4)
-    reseeded.seed = 1
-    other = list(episode_batches(cat, pool, reseeded, epoch=0, num_episodes=5))
-    np.testing.assert_array_equal(eps[2]["support_images"], again[2]["support_images"])
-    assert not np.array_equal(eps[2]["support_images"], other[2]["support_images"])
-
-
-def test_short_classes_fill_their_support_with_copies_and_say_so():
-    labels = np.repeat(np.arange(4), [3, 9, 9, 9])
-    ep = episode_indices(labels, np.arange(len(labels)), ways=4, shots=5, queries=2, num_episodes=6,
-                         rng=np.random.default_rng(0))
-    for e in range(6):
-        for j, c in enumerate(ep["classes"][e]):
-            support = ep["support"][e][j * 5:(j + 1) * 5]
-            assert np.all(labels[support] == c)
-            distinct = len(np.unique(support))
-            assert ep["filled"][e, j] == 5 - distinct == (4 if c == 0 else 0)
-    with pytest.raises(UserError, match="sampler.ways=5"):
-        episode_indices(labels, np.arange(len(labels)), 5, 1, 2, 1, np.random.default_rng(0))
 
 
 def test_each_process_decodes_its_share_of_the_same_global_batch():

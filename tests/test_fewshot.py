@@ -1,3 +1,4 @@
+import json
 import warnings
 
 import numpy as np
@@ -5,10 +6,24 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier, NearestCentroid
 
+from navee_jax.data.episodes import EpisodeSampler
 from navee_jax.evaluate.classifiers import (MLPSearch, knn_predict, logistic_regression_fit,
                                             logistic_regression_proba, prototype_predict)
-from navee_jax.evaluate.fewshot import (few_shot_grid, few_shot_report, sample_episodes, standard_protocol,
-                                        validation_split)
+from navee_jax.evaluate.fewshot import few_shot_grid, few_shot_report, standard_protocol, validation_split
+from navee_jax.evaluate.records import FewShotCell
+
+
+def sample_episodes(support_labels, query_labels, ways, shots, queries, num_episodes, seed, min_queries=1):
+    """The episodes the evaluation draws for one cell (its rng: (seed, ways, shots))."""
+    return EpisodeSampler(support_labels, query_labels).sample(
+        ways, shots, queries, num_episodes, np.random.default_rng([seed, ways, shots]), min_queries)
+
+
+def by_name(report):
+    """{"N-way K-shot": cell} of a list of FewShotCell, checking that no setting appears twice."""
+    named = {c.name: c for c in report}
+    assert len(named) == len(report)
+    return named
 
 
 def pools(rng, classes=8, support=6, query=5, dim=8, spread=1.0, integer=False):
@@ -147,7 +162,7 @@ def test_logistic_regression_agrees_with_sklearn(ways):
 
 
 def grid_cells(report):
-    return {name: cell for name, cell in report.items() if "skipped" not in cell}
+    return {name: cell for name, cell in by_name(report).items() if cell.skipped is None}
 
 
 @pytest.mark.parametrize("max_matrix_bytes", [1 << 30, 0])
@@ -156,6 +171,9 @@ def test_grid_1nn_equals_sklearn_episode_loop(max_matrix_bytes):
     s, s_lab, q, q_lab = pools(rng, integer=True)  # integer embeddings: exact distances and real ties
     report = few_shot_grid(s, s_lab, q, q_lab, ways=(2, 5), shots=(1, 3), queries=4, episodes=12, seed=3,
                            max_matrix_bytes=max_matrix_bytes)
+    assert [(c.ways, c.shots, c.classifier) for c in report] == [(2, 1, "1nn"), (2, 3, "1nn"), (5, 1, "1nn"),
+                                                                 (5, 3, "1nn")]  # product(ways, shots) order
+    report = by_name(report)
     for n in (2, 5):
         for k in (1, 3):
             eps = sample_episodes(s_lab, q_lab, n, k, 4, 12, seed=3)
@@ -163,9 +181,9 @@ def test_grid_1nn_equals_sklearn_episode_loop(max_matrix_bytes):
                                        s[eps.support], eps.support_labels, q[eps.query])
             acc = (pred == eps.query_labels).mean(axis=1)
             cell = report[f"{n}-way {k}-shot"]
-            assert cell["accuracy"] == acc.mean()
-            assert cell["ci95"] == pytest.approx(1.96 * acc.std(ddof=1) / np.sqrt(12), rel=1e-12)
-            assert (cell["episodes"], cell["queries_per_class"]) == (12, 4)
+            assert cell.mean == acc.mean()
+            assert cell.ci95 == pytest.approx(1.96 * acc.std(ddof=1) / np.sqrt(12), rel=1e-12)
+            assert (cell.episodes, cell.queries_per_class, cell.skipped, cell.details) == (12, 4, None, {})
 
 
 @pytest.mark.parametrize("classifier", ["knn", "prototype", "logreg"])
@@ -183,7 +201,9 @@ def test_grid_classifiers_equal_their_batched_functions(classifier):
     else:
         pred = logistic_regression_proba(*logistic_regression_fit(xs, eps.support_labels, 3), xq).argmax(-1)
     acc = (np.asarray(pred) == eps.query_labels).mean(axis=1)
-    assert report["3-way 2-shot"]["accuracy"] == pytest.approx(acc.mean(), abs=1e-12)
+    (cell,) = report
+    assert (cell.name, cell.classifier) == ("3-way 2-shot", classifier)
+    assert cell.mean == pytest.approx(acc.mean(), abs=1e-12)
     assert acc.mean() > 0.6  # well-separated classes
 
 
@@ -194,12 +214,15 @@ def test_grid_mlp_selects_on_validation_queries_and_is_seeded():
                        pca_dim=(6,), steps=40)
     run = lambda seed: few_shot_grid(s, s_lab, q, q_lab, ways=(3,), shots=(2,), queries=5, episodes=4,  # noqa: E731
                                      seed=seed, classifier="mlp", mlp=search)
-    cell = run(0)["3-way 2-shot"]
-    assert cell["validation_queries"] == 4 * 3 * 1  # round(0.2 * 5) = 1 query per class
-    assert cell["selected"]["learning_rate"] == 3e-2  # 40 steps at 1e-3 barely move from the initialisation
-    assert cell["validation_accuracy"] > 0.6 and cell["accuracy"] > 0.6  # chance: 1/3
-    assert run(0) == {"3-way 2-shot": cell}
-    assert run(1)["3-way 2-shot"]["accuracy"] != cell["accuracy"]
+    (cell,) = run(0)
+    assert (cell.name, cell.classifier) == ("3-way 2-shot", "mlp")
+    assert cell.details["validation_queries"] == 4 * 3 * 1  # round(0.2 * 5) = 1 query per class
+    assert cell.details["selected"]["learning_rate"] == 3e-2  # 40 steps at 1e-3 barely move from the initialisation
+    assert cell.details["validation_accuracy"] > 0.6 and cell.mean > 0.6  # chance: 1/3
+    assert run(0) == [cell]
+    assert run(1)[0].mean != cell.mean
+    flat = cell.to_dict()  # details sit beside the fixed keys, and come back as details
+    assert flat["selected"] == cell.details["selected"] and FewShotCell.from_dict(flat) == cell
 
 
 def test_grid_skips_impossible_cells_with_the_reason():
@@ -207,19 +230,24 @@ def test_grid_skips_impossible_cells_with_the_reason():
     s, q = np.zeros((len(s_lab), 2), np.float32), np.zeros((len(q_lab), 2), np.float32)
     report = few_shot_grid(s, s_lab, q, q_lab, ways=(2, 4, 5), shots=(1, 4), queries=2, episodes=3)
     assert set(grid_cells(report)) == {"2-way 1-shot", "4-way 1-shot"}
-    assert report["2-way 4-shot"]["skipped"] == ("2-way 4-shot needs 2 classes with >= 4 support and >= 1 query "
-                                                 "images; 1 classes qualify")
-    assert "4 classes qualify" in report["5-way 1-shot"]["skipped"]
-    knn = few_shot_grid(s, s_lab, q, q_lab, ways=(2, 4), shots=(1,), queries=2, episodes=3, classifier="knn", k=3)
-    assert "k-NN with k=3 needs >= 3 support images; an episode has 2" == knn["2-way 1-shot"]["skipped"]
-    mlp = few_shot_grid(s, s_lab, q, q_lab, ways=(4,), shots=(1,), classifier="mlp")
-    assert "needs 4 classes with >= 1 support and >= 2 query images; 3 classes qualify" in mlp["4-way 1-shot"][
-        "skipped"]
+    report = by_name(report)
+    why = "2-way 4-shot needs 2 classes with >= 4 support and >= 1 query images; 1 classes qualify"
+    assert report["2-way 4-shot"] == FewShotCell.skip(2, 4, "1nn", 3, why)
+    assert report["2-way 4-shot"].to_dict() == {
+        "ways": 2, "shots": 4, "classifier": "1nn", "mean": None, "ci95": None, "episodes": 3,
+        "queries_per_class": None, "skipped": why}
+    assert "4 classes qualify" in report["5-way 1-shot"].skipped
+    knn = by_name(few_shot_grid(s, s_lab, q, q_lab, ways=(2, 4), shots=(1,), queries=2, episodes=3,
+                                classifier="knn", k=3))
+    assert "k-NN with k=3 needs >= 3 support images; an episode has 2" == knn["2-way 1-shot"].skipped
+    assert knn["2-way 1-shot"].classifier == "knn" and knn["2-way 1-shot"].mean is None
+    (mlp,) = few_shot_grid(s, s_lab, q, q_lab, ways=(4,), shots=(1,), classifier="mlp")
+    assert "needs 4 classes with >= 1 support and >= 2 query images; 3 classes qualify" in mlp.skipped
     for classifier in ("1nn", "knn", "prototype"):  # an empty pool: every cell skipped, whichever is empty
         no_support = few_shot_grid(s[:0], s_lab[:0], q, q_lab, ways=(2,), shots=(2,), classifier=classifier, k=3)
         no_query = few_shot_grid(s, s_lab, q[:0], q_lab[:0], ways=(2,), shots=(2,), classifier=classifier, k=3)
         for report in (no_support, no_query):
-            assert report["2-way 2-shot"]["skipped"].endswith("; 0 classes qualify"), (classifier, report)
+            assert report[0].skipped.endswith("; 0 classes qualify"), (classifier, report)
 
 
 def test_grid_same_seed_identical_other_seed_differs():
@@ -236,7 +264,8 @@ def test_standard_protocol_reports_600_episode_mean_and_ci_by_hand():
     rng = np.random.default_rng(6)
     s, s_lab, q, q_lab = pools(rng, classes=10, support=5, query=3, dim=4, spread=4.0)
     report = standard_protocol(s, s_lab, q, q_lab)
-    assert set(report) == {"5-way 1-shot", "5-way 5-shot"}
+    assert [c.name for c in report] == ["5-way 1-shot", "5-way 5-shot"]
+    report = by_name(report)
     for shots in (1, 5):
         eps = sample_episodes(s_lab, q_lab, 5, shots, 15, 600, seed=0)
         correct = []
@@ -247,18 +276,18 @@ def test_standard_protocol_reports_600_episode_mean_and_ci_by_hand():
         mean = sum(correct) / 600
         std = (sum((c - mean) ** 2 for c in correct) / 599) ** 0.5
         cell = report[f"5-way {shots}-shot"]
-        assert cell["episodes"] == 600 and cell["queries_per_class"] == 3
-        assert cell["accuracy"] == pytest.approx(mean, abs=1e-12)
-        assert cell["ci95"] == pytest.approx(1.96 * std / 600 ** 0.5, rel=1e-9)
+        assert cell.episodes == 600 and cell.queries_per_class == 3
+        assert cell.mean == pytest.approx(mean, abs=1e-12)
+        assert cell.ci95 == pytest.approx(1.96 * std / 600 ** 0.5, rel=1e-9)
 
 
 def test_few_shot_report_keeps_its_contract():
     s_lab, q_lab = np.repeat(np.arange(4), 3), np.repeat(np.arange(4), 3)
     emb = np.zeros((12, 2), np.float32)
-    report = few_shot_report(emb, s_lab, emb, q_lab, ways=4, shots=(1, 5), queries=2, num_episodes=4, seed=0)
-    assert set(report["4-way 1-shot"]) == {"accuracy", "ci95", "episodes", "queries_per_class"}
-    assert report["4-way 1-shot"]["accuracy"] == 0.25  # all images collide: the first support image wins
-    assert "needs 4 classes with >= 5 support" in report["4-way 5-shot"]["skipped"]
+    one, five = few_shot_report(emb, s_lab, emb, q_lab, ways=4, shots=(1, 5), queries=2, num_episodes=4, seed=0)
+    assert one.to_dict() == {"ways": 4, "shots": 1, "classifier": "1nn", "mean": 0.25, "ci95": 0.0, "episodes": 4,
+                             "queries_per_class": 2}  # all images collide: the first support image wins
+    assert five.name == "4-way 5-shot" and "needs 4 classes with >= 5 support" in five.skipped
 
 
 def test_bad_arguments_are_rejected():
@@ -267,3 +296,24 @@ def test_bad_arguments_are_rejected():
         few_shot_grid(emb, lab, emb, lab, classifier="svm")
     with pytest.raises(ValueError, match="ways >= 2"):
         few_shot_grid(emb, lab, emb, lab, ways=(1,))
+
+
+def test_few_shot_cell_summary_by_hand_and_round_trip():
+    acc = np.array([0.5, 1.0, 0.75, 0.25])
+    cell = FewShotCell.from_accuracies(5, 1, "prototype", acc, 15, inner_steps=10)
+    mean = (0.5 + 1.0 + 0.75 + 0.25) / 4
+    std = (sum((a - mean) ** 2 for a in acc) / 3) ** 0.5
+    assert cell.mean == mean and cell.ci95 == pytest.approx(1.96 * std / 2, rel=1e-15)
+    assert (cell.name, cell.episodes, cell.queries_per_class, cell.skipped) == ("5-way 1-shot", 4, 15, None)
+    flat = cell.to_dict()
+    assert flat == {"ways": 5, "shots": 1, "classifier": "prototype", "mean": mean, "ci95": cell.ci95,
+                    "episodes": 4, "queries_per_class": 15, "inner_steps": 10}
+    assert all(type(flat[k]) is t for k, t in [("ways", int), ("mean", float), ("ci95", float), ("episodes", int)])
+    assert FewShotCell.from_dict(flat) == cell and FewShotCell.from_dict(json.loads(json.dumps(flat))) == cell
+    skipped = FewShotCell.skip(20, 5, "1nn", 600, "too few classes")
+    assert skipped.to_dict()["skipped"] == "too few classes" and FewShotCell.from_dict(skipped.to_dict()) == skipped
+    assert "skipped" not in flat
+    one = FewShotCell.from_accuracies(2, 1, "1nn", np.array([0.5]), 3)
+    assert one.mean == 0.5 and np.isnan(one.ci95) and one.episodes == 1
+    with pytest.raises(ValueError, match="clash"):
+        FewShotCell.from_accuracies(2, 1, "1nn", acc, 3, mean=1.0)

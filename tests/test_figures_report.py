@@ -7,6 +7,7 @@ from matplotlib.colors import to_rgb
 from PIL import Image
 
 from navee_jax.evaluate import figures
+from navee_jax.evaluate.records import FewShotCell
 from navee_jax.evaluate.report import write_report
 
 
@@ -28,12 +29,13 @@ def _mask(pixels: np.ndarray, colour: str, tol: int = 2) -> np.ndarray:
     return (np.abs(pixels.astype(int) - _rgb255(colour)) <= tol).all(axis=-1)
 
 
-def _cell(ways, shots, accuracy, ci95=0.01):
-    return {"ways": ways, "shots": shots, "accuracy": accuracy, "ci95": ci95, "episodes": 600}
+def _cell(ways, shots, mean, ci95=0.01):
+    """An evaluated cell in the records' dict form, as the evaluation writes it."""
+    return FewShotCell(ways, shots, "1nn", mean, ci95, episodes=600, queries_per_class=15).to_dict()
 
 
 GRID = [_cell(5, 1, 0.8), _cell(5, 5, 0.9), _cell(10, 1, 0.6),
-        {"ways": 10, "shots": 5, "skipped": "needs 5 support images per class; the smallest class has 3"}]
+        FewShotCell.skip(10, 5, "1nn", 600, "needs 5 support images per class; the smallest class has 3").to_dict()]
 
 
 def test_heatmap_draws_the_skipped_cell_grey_and_hatched(tmp_path):
@@ -140,7 +142,7 @@ RESULTS = {
         "HOG + 1-NN": {
             "note": "skimage HOG | 8x8 cells",
             "retrieval": {"map": 0.61, "custom_metric": np.int64(3)},
-            "standard": [_cell(5, 1, 0.7), {"ways": 5, "shots": 5, "skipped": "too few | 3 images"}],
+            "standard": [_cell(5, 1, 0.7), FewShotCell.skip(5, 5, "1nn", 600, "too few | 3 images").to_dict()],
         },
         "raw pixels + 1-NN": {},
     },
@@ -152,12 +154,12 @@ def test_report_tables_links_and_round_trip(tmp_path):
     heatmap = str(tmp_path / "report" / "figures" / "grid.png")
     json_path, md_path = write_report(report_dir, RESULTS, {"N x K grid": heatmap, "curves": "/elsewhere/c.png"})
     md = open(md_path, encoding="utf-8").read()
-    for row in ["| feature source | mAP | MAP@R | Recall@1 | 5-way 1-shot | 5-way 5-shot |",
+    for row in ["| feature source | mAP | MAP@R | Recall@1 | 5-way 1-shot, 1nn | 5-way 5-shot, 1nn |",
                 "| trained embedding | 0.7300 | 0.5000 | 0.9000 | 0.8000 ± 0.0100 | 0.9500 ± 0.0050 |",
                 "| HOG + 1-NN | 0.6100 | - | - | 0.7000 ± 0.0100 | n/a (too few \\| 3 images) |",
                 "| raw pixels + 1-NN | - | - | - | - | - |",
                 "| mAP | 0.7300 |", "| MAP@R | 0.5000 |", "| queries scored | 180 |", "| custom_metric | 3 |",
-                "| 5-way 1-shot | 0.8000 ± 0.0100 | 600 |",
+                "| 5-way 1-shot, 1nn | 0.8000 ± 0.0100 | 600 |",
                 "| N \\ K | 1 | 5 |",
                 "| 5 | 0.8000 ± 0.0100 | 0.9000 ± 0.0100 |",
                 "| 10 | 0.6000 ± 0.0100 | n/a (needs 5 support images per class; the smallest class has 3) |",

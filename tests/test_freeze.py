@@ -11,9 +11,10 @@ from navee_jax.data.pipeline import train_batches
 from navee_jax.data.sources import digits_catalogue
 from navee_jax.errors import UserError
 from navee_jax.models import build_model
-from navee_jax.train.objectives import make_objective
-from navee_jax.train.sharding import make_mesh, replicated, shard_step_batch
-from navee_jax.train.step import image_normalizer, init_train_state, make_train_step
+from navee_jax.losses import make_objective
+from navee_jax.sharding import make_mesh, replicated, shard_step_batch
+from navee_jax.embed import image_normalizer
+from navee_jax.train.step import init_train_state, make_train_step
 
 FROZEN = ("conv1", "bn1", "layer1", "layer2.0")
 

@@ -187,7 +187,7 @@ def test_the_head_follows_sampler_ways():
 
 def test_meta_step_updates_meta_sgd_step_sizes_and_never_batchnorm_running_averages():
     from navee_jax.meta.train import init_state, make_meta_step
-    from navee_jax.train.sharding import make_mesh, replicated
+    from navee_jax.sharding import make_mesh, replicated
 
     c = tiny_config()
     c.loss.learn_inner_lr = True
@@ -195,10 +195,10 @@ def test_meta_step_updates_meta_sgd_step_sizes_and_never_batchnorm_running_avera
     batch = {"images": np.concatenate([tasks["support_images"], tasks["query_images"]], axis=1),
              "support_labels": tasks["support_labels"], "query_labels": tasks["query_labels"]}
     tx = optax.sgd(0.1)
-    graphdef, state = init_state(build_network(c, nnx.Rngs(0)), tx, tx, c.loss)
+    graphdef, state = init_state(build_network(c, nnx.Rngs(0)), tx, c.loss)
     before = jax.device_get(state)
     mesh = make_mesh()
-    step = make_meta_step(graphdef, tx, tx, mesh, lambda x: x, c)
+    step = make_meta_step(graphdef, tx, mesh, lambda x: x, c)
     after, metrics = step(jax.device_put(state, replicated(mesh)), batch)
     after = jax.device_get(after)
     moved = lambda a, b: max(float(np.abs(x - y).max()) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))  # noqa: E731
@@ -209,24 +209,24 @@ def test_meta_step_updates_meta_sgd_step_sizes_and_never_batchnorm_running_avera
 
 def test_fine_tuning_evaluation_equals_a_hand_written_loop_over_the_same_episodes():
     """FineTuneEpisodes (vmapped, chunked, wrapped) against each episode fine-tuned on its own by flax's own
-    train-mode network (lax convolutions) with plain gradient steps, on the episodes sample_episodes draws."""
+    train-mode network (lax convolutions) with plain gradient steps, on the episodes the sampler draws."""
     from navee_jax.data.pipeline import eval_batches
     from navee_jax.data.sources import digits_catalogue
     from navee_jax.data.splits import make_split
-    from navee_jax.evaluate.fewshot import sample_episodes
+    from navee_jax.data.episodes import EpisodeSampler
     from navee_jax.meta.evaluate import FineTuneEpisodes
     from navee_jax.meta.train import init_state
-    from navee_jax.train.sharding import make_mesh
-    from navee_jax.train.step import image_normalizer
+    from navee_jax.sharding import make_mesh
+    from navee_jax.embed import image_normalizer
 
     c = maml_config.get_config()
     c.model.width, c.data.image_size, c.eval.batch_size, c.loss.eval_inner_steps = 4, 16, 64, 2
     cat = digits_catalogue()
     split = make_split(cat, c.split, c.seed)
     prepare = image_normalizer(c.data)
-    graphdef, state = init_state(build_network(c, nnx.Rngs(0)), optax.sgd(1.0), optax.sgd(1.0), c.loss)
+    graphdef, state = init_state(build_network(c, nnx.Rngs(0)), optax.sgd(1.0), c.loss)
     episodes = 5  # 64 // (4 * (1 + 15)) = 1 episode per call: five calls
-    got = FineTuneEpisodes(cat, split, c, graphdef, make_mesh(), prepare)(state, (1,), episodes, seed=3)["4-way 1-shot"]
+    got = FineTuneEpisodes(cat, split, c, graphdef, make_mesh(), prepare)(state, (1,), episodes, seed=3)[0]
 
     reference = build_network(c, nnx.Rngs(0))
     for _, m in nnx.iter_graph(reference):
@@ -237,20 +237,20 @@ def test_fine_tuning_evaluation_equals_a_hand_written_loop_over_the_same_episode
     @jax.jit
     def predict(support, support_labels, query):
         def loss(p):
-            logits = nnx.merge(ref_graphdef, p, jax.tree.map(lambda x: x, rest))(prepare(support))
+            logits = nnx.merge(ref_graphdef, p, rest, copy=True)(prepare(support))
             return optax.softmax_cross_entropy_with_integer_labels(logits, support_labels).mean()
         p = params
         for _ in range(c.loss.eval_inner_steps):
             p = jax.tree.map(lambda a, g: a - c.loss.inner_lr * g, p, jax.grad(loss)(p))
-        return jnp.argmax(nnx.merge(ref_graphdef, p, jax.tree.map(lambda x: x, rest))(prepare(query)), axis=-1)
+        return jnp.argmax(nnx.merge(ref_graphdef, p, rest, copy=True)(prepare(query)), axis=-1)
 
     pool = lambda idx: np.concatenate(list(eval_batches(cat, idx, c.data, 256)))  # noqa: E731
     support_pool, query_pool = pool(split.support), pool(split.query)
-    eps = sample_episodes(cat.labels[split.support], cat.labels[split.query], 4, 1, c.eval.queries_per_class,
-                          episodes, 3)
+    eps = EpisodeSampler(cat.labels[split.support], cat.labels[split.query]).sample(
+        4, 1, c.eval.queries_per_class, episodes, np.random.default_rng([3, 4, 1]))
     accuracy = [np.mean(np.asarray(predict(support_pool[eps.support[e]], eps.support_labels[e],
                                            query_pool[eps.query[e]]))[eps.query_mask[e]] == eps.query_labels[e][
                                                eps.query_mask[e]]) for e in range(episodes)]
-    assert got["episodes"] == episodes and got["queries_per_class"] == 15
+    assert (got.ways, got.shots, got.episodes, got.queries_per_class) == (4, 1, episodes, 15)
     # Float differences between the two convolutions may flip a near-tie: at most one query in all.
-    assert abs(got["accuracy"] - np.mean(accuracy)) <= 1 / (episodes * 4 * 15) + 1e-9, (got, accuracy)
+    assert abs(got.mean - np.mean(accuracy)) <= 1 / (episodes * 4 * 15) + 1e-9, (got, accuracy)

@@ -18,9 +18,9 @@ SCRIPT = textwrap.dedent("""
     from navee_jax.data.splits import make_split
     from navee_jax.meta.evaluate import FineTuneEpisodes
     from navee_jax.meta.train import build_network, init_state, make_meta_step
-    from navee_jax.train.objectives import epoch_batches
-    from navee_jax.train.sharding import make_mesh, replicated, shard_step_batch
-    from navee_jax.train.step import image_normalizer
+    from navee_jax.data.pipeline import episode_batches
+    from navee_jax.sharding import make_mesh, replicated, shard_step_batch
+    from navee_jax.embed import image_normalizer
 
     assert len(jax.devices()) == 4, jax.devices()
     cfg = maml_config.get_config()
@@ -28,20 +28,20 @@ SCRIPT = textwrap.dedent("""
     cfg.loss.learn_inner_lr = True  # Meta-SGD: the step sizes are updated from the sharded step too
     cat = digits_catalogue()
     split = make_split(cat, cfg.split, cfg.seed)
-    batch = next(iter(epoch_batches(cat, split.train, cfg, 0, 1)))
+    batch = next(iter(episode_batches(cat, split.train, cfg, 0, 1)))
     tx = optax.sgd(0.5)  # linear in the gradient, so that equal gradients give equal parameters
     prepare = image_normalizer(cfg.data)
     results = []
     for devices in (jax.devices()[:1], jax.devices()):
         mesh = make_mesh(devices)
-        graphdef, state = init_state(build_network(cfg, nnx.Rngs(0)), tx, tx, cfg.loss)
+        graphdef, state = init_state(build_network(cfg, nnx.Rngs(0)), tx, cfg.loss)
         state = jax.device_put(state, replicated(mesh))
         initial = jax.device_get(state.params)  # the step donates its input state
         step_batch = shard_step_batch(batch, mesh)
         images = step_batch["images"]
         assert images.addressable_shards[0].data.shape[0] == 8 // len(devices), images.sharding
         assert len(step_batch["support_labels"].sharding.device_set) == len(devices)
-        new_state, metrics = make_meta_step(graphdef, tx, tx, mesh, prepare, cfg)(state, step_batch)
+        new_state, metrics = make_meta_step(graphdef, tx, mesh, prepare, cfg)(state, step_batch)
         fine_tune = FineTuneEpisodes(cat, split, cfg, graphdef, mesh, prepare)(new_state, (1,), 6, 0)
         results.append((jax.device_get(metrics), jax.device_get(new_state), fine_tune))
     (m1, s1, f1), (m4, s4, f4) = results

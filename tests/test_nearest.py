@@ -3,9 +3,15 @@
 import numpy as np
 import pytest
 
-from navee_jax.evaluate.fewshot import sample_episodes
+from navee_jax.data.episodes import EpisodeSampler
 from navee_jax.evaluate import nearest
 from navee_jax.evaluate.nearest import NearestNeighbourTable
+
+
+def sample_episodes(s_lab, q_lab, ways, shots, queries, num_episodes, seed):
+    """The evaluation's episodes of one cell (its rng: (seed, ways, shots))."""
+    return EpisodeSampler(s_lab, q_lab).sample(ways, shots, queries, num_episodes,
+                                               np.random.default_rng([seed, ways, shots]))
 
 
 def brute_force_1nn(support_pool, query_pool, eps):

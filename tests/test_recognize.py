@@ -16,8 +16,8 @@ import pytest
 from conftest import OMNIGLOT, REPO, run_launch
 from navee_jax.data.sources import folder_catalogue
 from navee_jax.errors import UserError
-from navee_jax.evaluate.fewshot import sample_episodes
-from navee_jax.evaluate.run import evaluate_run
+from navee_jax.data.episodes import EpisodeSampler
+from navee_jax.launcher.evaluate import evaluate_run
 from navee_jax.recognize import Gallery, Recognizer
 from navee_jax.recognize.__main__ import main as cli_main
 
@@ -65,7 +65,7 @@ def test_enroll_predict_reproduce_the_evaluation_suite_accuracies(workdir, rec, 
     config.eval.grid_ways, config.eval.grid_shots = (2,), (1,)
     with redirect_stdout(io.StringIO()):
         results = evaluate_run(config, workdir)
-    reported = {(c["classifier"], c["shots"]): c["accuracy"]
+    reported = {(c["classifier"], c["shots"]): c["mean"]
                 for c in results["sources"]["trained embedding"]["standard"]}
 
     s_paths, s_art, q_paths, q_art = split
@@ -74,8 +74,8 @@ def test_enroll_predict_reproduce_the_evaluation_suite_accuracies(workdir, rec, 
     names, s_lab = np.unique(s_art, return_inverse=True)
     q_lab = np.searchsorted(names, q_art)
     for shots in (1, 5):
-        eps = sample_episodes(s_lab, q_lab, ways=5, shots=shots, queries=config.eval.queries_per_class,
-                              num_episodes=EPISODES, seed=config.seed)
+        eps = EpisodeSampler(s_lab, q_lab).sample(5, shots, config.eval.queries_per_class, EPISODES,
+                                                  np.random.default_rng([config.seed, 5, shots]))
         for mode, classifier in (("nn", "1nn"), ("prototype", "prototype")):
             acc = []
             for e in range(EPISODES):
@@ -228,7 +228,7 @@ def test_pil_images_and_arrays_embed_like_their_files_and_bad_input_is_one_line(
         Recognizer.load(str(tmp_path))
     maml_workdir = tmp_path / "maml"
     maml_workdir.mkdir()
-    (maml_workdir / "config.json").write_text(json.dumps({"loss": {"name": "maml"}}))
+    (maml_workdir / "config.json").write_text(json.dumps({"method": "maml", "loss": {"name": "maml"}}))
     with pytest.raises(UserError, match="holds a MAML model"):
         Recognizer.load(str(maml_workdir))
     with pytest.raises(UserError, match="2 labels for 3 images"):

@@ -10,7 +10,7 @@ from sklearn.neighbors import NearestCentroid, NearestNeighbors
 from navee_jax.errors import UserError
 from navee_jax.recognize.calibrate import far_threshold, rates
 from navee_jax.recognize.gallery import Gallery
-from navee_jax.recognize.search import exact_top_k, faiss_available
+from navee_jax.recognize.search import ExactIndex, faiss_available
 
 FP = {"model": {"embed_dim": 8}, "preprocessing": {"image_size": 28}, "weights_sha256": "abc", "checkpoint": "w/1"}
 
@@ -31,11 +31,11 @@ def test_chunked_exact_top_k_equals_sklearn_brute(gallery_chunk, extra):
     rng = np.random.default_rng(0)
     gallery = rng.normal(size=(203, 16)).astype(np.float32)
     queries = rng.normal(size=(37, 16)).astype(np.float32)
-    d2, idx = exact_top_k(queries, gallery, k=5, query_chunk=8, gallery_chunk=gallery_chunk, extra=extra)
+    d2, idx = ExactIndex(gallery, gallery_chunk).search(queries, k=5, query_chunk=8, extra=extra)
     ref_d, ref_i = NearestNeighbors(n_neighbors=5, algorithm="brute").fit(gallery).kneighbors(queries)
     np.testing.assert_array_equal(idx, ref_i)
     np.testing.assert_allclose(np.sqrt(d2), ref_d, rtol=1e-5, atol=1e-5)
-    direct_d2, direct_idx = exact_top_k(queries, gallery, k=5, extra=10**6)  # all pairs by direct differences
+    direct_d2, direct_idx = ExactIndex(gallery).search(queries, k=5, extra=10**6)  # all pairs by direct differences
     np.testing.assert_array_equal(idx, direct_idx)
     # Re-ranked distances are direct differences too; XLA may sum the d squares in another order for another
     # block shape, so they agree to float32 rounding (a few ulp), not always bit for bit.
@@ -46,7 +46,7 @@ def test_ties_go_to_the_earlier_gallery_row_across_chunks():
     rng = np.random.default_rng(1)
     gallery = rng.integers(0, 2, (60, 3)).astype(np.float32)  # many exact duplicates: distance ties
     queries = rng.integers(0, 2, (20, 3)).astype(np.float32)
-    d2, idx = exact_top_k(queries, gallery, k=4, gallery_chunk=9)
+    d2, idx = ExactIndex(gallery, gallery_chunk=9).search(queries, k=4)
     full = ((queries[:, None] - gallery[None]) ** 2).sum(-1)
     want = np.argsort(full, axis=1, kind="stable")[:, :4]  # (distance, index) order
     np.testing.assert_array_equal(idx, want)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
-from navee_jax.evaluate.retrieval import mean_average_precision, ranking_metrics, retrieval_metrics
+from navee_jax.evaluate.retrieval import ranking_metrics, retrieval_metrics
 
 
 def grid_embeddings(rng, n, dim=6, classes=5):
@@ -131,13 +131,14 @@ def test_collapsed_embedding_scores_the_base_rate():
     # All embeddings equal: every ranking is one tie block, so AP = fraction relevant (no lucky order).
     labels = np.array([0, 0, 1, 1, 1, 2])
     query, support = np.zeros((3, 4), np.float32), np.zeros((6, 4), np.float32)
-    got, _ = mean_average_precision(query, np.array([0, 1, 2]), support, labels)
+    got = retrieval_metrics(query, np.array([0, 1, 2]), support, labels, ks=())["map"]
     assert got == pytest.approx(np.mean([2 / 6, 3 / 6, 1 / 6]))
 
 
-def test_mean_average_precision_keeps_its_contract():
+def test_queries_without_a_relevant_image_are_not_scored():
     support = np.array([[0, 0], [1, 1], [2, 2]], np.float32)
-    got, n = mean_average_precision(np.zeros((2, 2), np.float32), np.array([0, 5]), support, np.array([0, 1, 1]))
+    m = retrieval_metrics(np.zeros((2, 2), np.float32), np.array([0, 5]), support, np.array([0, 1, 1]), ks=())
+    got, n = m["map"], m["queries_scored"]
     assert n == 1 and got == pytest.approx(1.0)  # the query without a relevant image is not scored
     nothing = retrieval_metrics(np.zeros((1, 2), np.float32), np.array([5]), support, np.array([0, 1, 1]))
     assert np.isnan(nothing["map"]) and nothing["queries_scored"] == 0

@@ -8,7 +8,7 @@ import pytest
 from configs import triplet
 from conftest import TINY, run_launch
 from navee_jax.errors import UserError
-from navee_jax.train.sweep import parse_sweep, run_sweep, setting_name, settings
+from navee_jax.launcher.sweep import parse_sweep, run_sweep, setting_name, settings
 
 
 def test_sweep_values_are_typed_like_the_config_and_form_a_grid():

@@ -16,6 +16,7 @@ torch = pytest.importorskip("torch", reason="parity tests need PyTorch: pip inst
 torchvision = pytest.importorskip("torchvision", reason="parity tests need torchvision: pip install 'navee-jax[torch]'")
 
 from navee_jax.models.convert import load_torch_state_dict, torch_name  # noqa: E402
+from navee_jax.models.cpu_tuned import tune_for_cpu  # noqa: E402
 from navee_jax.models.resnet import resnet18, resnet50  # noqa: E402
 from navee_jax.models.vgg import adaptive_avg_pool, vgg16, vgg16_bn  # noqa: E402
 
@@ -69,15 +70,19 @@ def test_resnet_matches_torchvision(name, factory):
     assert error <= MAX_RELATIVE_ERROR
 
 
-def test_resnet18_gradients_match_torchvision():
-    """Backward pass too (models/resnet.py writes its own for the convolutions and the stem max-pool):
-    the gradients of sum(logits * c) for a random c, w.r.t. the input and every parameter, in eval mode."""
+@pytest.mark.parametrize("cpu_tuned", [False, True], ids=["plain", "cpu_tuned"])
+def test_resnet18_gradients_match_torchvision(cpu_tuned):
+    """Backward pass too, of the plain model and of the CPU-tuned one (models/cpu_tuned.py writes its own for
+    the convolutions and the stem max-pool): the gradients of sum(logits * c) for a random c, w.r.t. the
+    input and every parameter, in eval mode."""
     torch_model = _torch_model("resnet18")
     x_torch, x_flax = _inputs(64)
     cotangent = np.random.default_rng(1).standard_normal((2, 1000)).astype(np.float32)
     x_torch.requires_grad_(True)
     (torch_model(x_torch) * torch.from_numpy(cotangent)).sum().backward()
     model = _converted(resnet18, _state_dict(torch_model), num_classes=1000)
+    if cpu_tuned:
+        tune_for_cpu(model)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
     def objective(params, x):
@@ -93,7 +98,7 @@ def test_resnet18_gradients_match_torchvision():
         errors[name] = relative_error(grad, torch_params[name].grad.numpy())
     assert len(errors) == 1 + len(torch_params)
     worst = max(errors, key=errors.get)
-    print(f"resnet18 gradients: worst relative error {errors[worst]:.2e} ({worst})")
+    print(f"resnet18 gradients ({'cpu-tuned' if cpu_tuned else 'plain'}): worst relative error {errors[worst]:.2e} ({worst})")
     assert errors[worst] <= MAX_RELATIVE_ERROR, worst
 
 

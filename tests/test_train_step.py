@@ -8,9 +8,10 @@ from configs import triplet
 from navee_jax.data.pipeline import train_batches
 from navee_jax.data.sources import digits_catalogue
 from navee_jax.models import build_model
-from navee_jax.train.objectives import make_objective
-from navee_jax.train.sharding import make_mesh, replicated, shard_batch, shard_step_batch
-from navee_jax.train.step import image_normalizer, init_train_state, make_embed_fn, make_train_step
+from navee_jax.losses import make_objective
+from navee_jax.sharding import make_mesh, replicated, shard_batch, shard_step_batch
+from navee_jax.embed import image_normalizer, make_embed_fn
+from navee_jax.train.step import init_train_state, make_train_step
 
 
 def _model(cfg):
@@ -54,7 +55,7 @@ def test_uint8_batches_are_normalised_inside_the_step_as_numpy_would():
 
 def test_non_finite_loss_or_gradient_stops_training_with_the_step():
     from navee_jax.errors import UserError
-    from navee_jax.train.loop import average_finite_metrics
+    from navee_jax.launcher.train import average_finite_metrics
 
     cfg = triplet.get_config()
     ok = {"loss": np.float32(0.5), "grad_norm": np.float32(2.0)}

@@ -2,6 +2,8 @@
 
 Sampling (which images form a batch) is done in NumPy from a seed and the epoch number, so an
 epoch's batches are identical whether a run is fresh or resumed; tf.data does the parallel work.
+Every sampler reads the pool through one per-class table (`navee_jax.data.episodes.ClassTable`);
+episodes are drawn by `navee_jax.data.episodes.EpisodeSampler`, the sampler evaluation uses too.
 """
 
 from __future__ import annotations
@@ -13,14 +15,10 @@ import numpy as np
 
 from navee_jax.data import augment
 from navee_jax.data.catalogue import Catalogue
+from navee_jax.data.episodes import ClassTable, EpisodeSampler
 from navee_jax.data.tf_import import tf_module
 from navee_jax.errors import UserError
-
-
-def _members_by_class(labels: np.ndarray, pool: np.ndarray, min_images: int) -> dict[int, np.ndarray]:
-    """Indices of `pool` per class, for the classes with at least `min_images` of them."""
-    members = {int(c): pool[labels[pool] == c] for c in np.unique(labels[pool])}
-    return {c: m for c, m in members.items() if len(m) >= min_images}
+from navee_jax.sharding import process_share
 
 
 def pk_indices(labels: np.ndarray, pool: np.ndarray, classes_per_batch: int, images_per_class: int,
@@ -30,8 +28,8 @@ def pk_indices(labels: np.ndarray, pool: np.ndarray, classes_per_batch: int, ima
     A class with fewer than K images contributes repeats (sampled with replacement); classes with a
     single image are never drawn, since they can provide no positive pair.
     """
-    by_class = _members_by_class(labels, pool, min_images=2)
-    eligible = np.array(sorted(by_class))
+    table = ClassTable(labels, pool)
+    eligible = np.flatnonzero(table.count >= 2)
     if len(eligible) < classes_per_batch:
         raise UserError(f"sampler.classes_per_batch={classes_per_batch}, but only {len(eligible)} training classes "
                         f"have >= 2 images; lower --config.sampler.classes_per_batch")
@@ -39,72 +37,17 @@ def pk_indices(labels: np.ndarray, pool: np.ndarray, classes_per_batch: int, ima
     for b in range(num_batches):
         chosen = rng.choice(eligible, size=classes_per_batch, replace=False)
         batches[b] = np.concatenate([
-            rng.choice(by_class[c], size=images_per_class, replace=len(by_class[c]) < images_per_class)
-            for c in chosen])
+            rng.choice(table.members(r), size=images_per_class, replace=table.count[r] < images_per_class)
+            for r in chosen])
     return batches
 
 
-def episode_indices(labels: np.ndarray, pool: np.ndarray, ways: int, shots: int, queries: int, num_episodes: int,
-                    rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """N-way K-shot episodes with Q queries per class, as catalogue indices:
-    support (E, N*K), query (E, N*Q), classes (E, N) and filled (E, N).
-
-    Queries are distinct images. A class with fewer than K images left after its queries gets its
-    support set filled with copies of those images (made different by augmentation, as the study
-    does); `filled` says how many support images of each class are such copies.
-    """
-    by_class = _members_by_class(labels, pool, min_images=queries + 1)
-    eligible = np.array(sorted(by_class))
-    if len(eligible) < ways:
-        raise UserError(f"sampler.ways={ways}: only {len(eligible)} classes have more than sampler.queries={queries} "
-                        f"images; lower --config.sampler.ways or --config.sampler.queries")
-    support = np.empty((num_episodes, ways * shots), np.int64)
-    query = np.empty((num_episodes, ways * queries), np.int64)
-    classes = np.empty((num_episodes, ways), np.int64)
-    filled = np.zeros((num_episodes, ways), np.int64)
-    for e in range(num_episodes):
-        classes[e] = rng.choice(eligible, size=ways, replace=False)
-        for j, c in enumerate(classes[e]):
-            members = rng.permutation(by_class[c])
-            q, rest = members[:queries], members[queries:]
-            if len(rest) >= shots:
-                s = rest[:shots]
-            else:
-                filled[e, j] = shots - len(rest)
-                s = np.concatenate([rest, rng.choice(rest, size=filled[e, j], replace=True)])
-            support[e, j * shots:(j + 1) * shots] = s
-            query[e, j * queries:(j + 1) * queries] = q
-    return {"support": support, "query": query, "classes": classes, "filled": filled}
-
-
-class _ClassBlocks:
-    """`pool` sorted by class, with each image's class block, for vectorised draws of "another image of
-    the same class" and "an image of any other class"."""
-
-    def __init__(self, labels: np.ndarray, pool: np.ndarray):
-        self.images = pool[np.argsort(labels[pool], kind="stable")]
-        sorted_labels = labels[self.images]
-        _, self.start, self.size = np.unique(sorted_labels, return_index=True, return_counts=True)
-        self.block = np.searchsorted(self.start, np.arange(len(self.images)), side="right") - 1
-
-    def other_image_same_class(self, at: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """For positions `at` (in classes of >= 2 images), a different position of the same class."""
-        b = self.block[at]
-        r = self.start[b] + rng.integers(0, self.size[b] - 1)
-        return np.where(r >= at, r + 1, r)
-
-    def image_of_other_class(self, at: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """For positions `at`, a position drawn uniformly from all images of the other classes."""
-        b = self.block[at]
-        r = rng.integers(0, len(self.images) - self.size[b])
-        return np.where(r >= self.start[b], r + self.size[b], r)
-
-
-def _tuple_setup(labels: np.ndarray, pool: np.ndarray, what: str) -> tuple[_ClassBlocks, np.ndarray]:
-    blocks = _ClassBlocks(labels, pool)
-    if len(blocks.size) < 2:
-        raise UserError(f"{what} need at least 2 training classes; the pool has {len(blocks.size)}")
-    with_positive = np.flatnonzero(blocks.size[blocks.block] >= 2)
+def _tuple_setup(labels: np.ndarray, pool: np.ndarray, what: str) -> tuple[ClassTable, np.ndarray]:
+    """The pool's class table and the positions (into its `images`) of images with a same-class partner."""
+    blocks = ClassTable(labels, pool)
+    if len(blocks.count) < 2:
+        raise UserError(f"{what} need at least 2 training classes; the pool has {len(blocks.count)}")
+    with_positive = np.flatnonzero(blocks.count[blocks.row] >= 2)
     if len(with_positive) == 0:
         raise UserError(f"{what} need a training class with >= 2 images; every class has one")
     return blocks, with_positive
@@ -138,33 +81,6 @@ def triplet_indices(labels: np.ndarray, pool: np.ndarray, triplets_per_batch: in
     positive = blocks.other_image_same_class(anchor, rng)
     negative = blocks.image_of_other_class(anchor, rng)
     return blocks.images[np.stack([anchor, positive, negative], axis=-1)]
-
-
-def episode_batches(catalogue: Catalogue, pool: np.ndarray, cfg: ml_collections.ConfigDict, epoch: int,
-                    num_episodes: int) -> Iterator[dict[str, np.ndarray]]:
-    """One epoch of training episodes: support_images (N*K, S, S, 3) uint8, support_labels (N*K,) and
-    query_images / query_labels with episode-local labels 0..N-1, plus classes (N,) and filled (N,)."""
-    tf = tf_module()
-    s = cfg.sampler
-    rng = np.random.default_rng([cfg.seed, 4, epoch])
-    ep = episode_indices(catalogue.labels, pool, s.ways, s.shots, s.queries, num_episodes, rng)
-    # One flat stream of images (each episode's support, then its queries), decoded in parallel image by
-    # image like PK batches, then cut per episode.
-    aug_seed = int(rng.integers(2**31 - 1))
-    idx = np.concatenate([ep["support"], ep["query"]], axis=1).reshape(-1)
-    images = _image_stream(catalogue, idx, np.arange(len(idx)), aug_seed, cfg.data)
-    images = images.batch(s.ways * (s.shots + s.queries), drop_remainder=True)
-    n_support = s.ways * s.shots
-
-    def prepare(episode_images, classes, filled):
-        return {"support_images": episode_images[:n_support], "query_images": episode_images[n_support:],
-                "support_labels": tf.repeat(tf.range(s.ways, dtype=tf.int32), s.shots),
-                "query_labels": tf.repeat(tf.range(s.ways, dtype=tf.int32), s.queries),
-                "classes": classes, "filled": filled}
-
-    metadata = tf.data.Dataset.from_tensor_slices((ep["classes"], ep["filled"]))
-    ds = tf.data.Dataset.zip((images, metadata)).map(lambda im, m: prepare(im, *m))
-    return ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
 
 
 def _on_white(rgba):
@@ -219,16 +135,6 @@ def _image_fn(catalogue: Catalogue, data: ml_collections.ConfigDict, train: bool
     return load
 
 
-def process_share(batch: np.ndarray, process_index: int, process_count: int, axis: int = 0) -> np.ndarray:
-    """This process's contiguous share of a global batch laid out along `axis`, as
-    jax.make_array_from_process_local_data expects for a batch sharded on its leading axis."""
-    width = batch.shape[axis]
-    if width % process_count:
-        raise UserError(f"global batch {width} is not divisible by {process_count} processes")
-    per = width // process_count
-    return np.take(batch, np.arange(process_index * per, (process_index + 1) * per), axis=axis)
-
-
 def _image_stream(catalogue: Catalogue, idx: np.ndarray, positions: np.ndarray, aug_seed: int,
                   data: ml_collections.ConfigDict):
     """The augmented uint8 training images of the flat index array `idx`, decoded in parallel image by
@@ -242,10 +148,12 @@ def _image_stream(catalogue: Catalogue, idx: np.ndarray, positions: np.ndarray, 
 
 
 def _batched(catalogue: Catalogue, batches: np.ndarray, extras: dict[str, np.ndarray], aug_seed: int,
-             data: ml_collections.ConfigDict, process_index: int,
-             process_count: int) -> Iterator[dict[str, np.ndarray]]:
-    """{"images": (n, *tuple, S, S, 3) uint8, "labels": (n, *tuple) int32, **extras} per global batch of
-    `batches` (num_batches, n, *tuple); with several processes, each decodes only its share of n."""
+             data: ml_collections.ConfigDict, process_index: int, process_count: int, *,
+             labels: bool = True, replicated: dict[str, np.ndarray] | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """{"images": (n, *rest, S, S, 3) uint8, "labels": (n, *rest) int32, **extras} per global batch of
+    `batches` (num_batches, n, *rest) catalogue indices; with several processes, each decodes only its
+    share of n, and gets the same share of `extras` (num_batches, n, ...). `replicated` arrays
+    (num_batches, ...) come whole to every process; labels=False leaves out "labels"."""
     tf = tf_module()
     positions = np.arange(batches.size).reshape(batches.shape)
     idx = process_share(batches, process_index, process_count, axis=1)
@@ -253,8 +161,9 @@ def _batched(catalogue: Catalogue, batches: np.ndarray, extras: dict[str, np.nda
     images = _image_stream(catalogue, idx.reshape(-1), positions.reshape(-1), aug_seed, data)
     for width in reversed(idx.shape[1:]):
         images = images.batch(width, drop_remainder=True)
-    meta = {"labels": catalogue.labels[idx].astype(np.int32),
-            **{k: process_share(v, process_index, process_count, axis=1) for k, v in extras.items()}}
+    meta = {**({"labels": catalogue.labels[idx].astype(np.int32)} if labels else {}),
+            **{k: process_share(v, process_index, process_count, axis=1) for k, v in extras.items()},
+            **(replicated or {})}
     ds = tf.data.Dataset.zip((images, tf.data.Dataset.from_tensor_slices(meta)))
     return ds.map(lambda im, m: {"images": im, **m}).prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
 
@@ -289,6 +198,40 @@ def tuple_batches(catalogue: Catalogue, pool: np.ndarray, cfg: ml_collections.Co
         raise ValueError(f"kind must be 'pairs' or 'triplets', not {kind!r}")
     aug_seed = int(rng.integers(2**31 - 1))
     return _batched(catalogue, batches, extras, aug_seed, cfg.data, process_index, process_count)
+
+
+def episode_batches(catalogue: Catalogue, pool: np.ndarray, cfg: ml_collections.ConfigDict, epoch: int,
+                    num_batches: int, process_index: int = 0,
+                    process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+    """One epoch of training episodes from `pool` (`EpisodeSampler`, one pool), in the train step's form.
+
+    sampler.kind 'episodes': one N-way K-shot episode with Q queries per class per batch,
+    {"images": uint8 (N*(K+Q), S, S, 3), support images then queries, "support_labels": int32 (N*K,),
+    "query_labels": int32 (N*Q,)} with episode-local, class-major labels 0..N-1.
+    sampler.kind 'tasks': `sampler.tasks_per_batch` (T) episodes per batch, stacked on a leading task
+    axis: images (T, N*(K+Q), S, S, 3), support_labels (T, N*K), query_labels (T, N*Q).
+
+    With several processes every process samples the same global episodes and decodes only its share,
+    like PK batches: 'episodes' shares the episode's image axis (the labels are small and replicated:
+    every process gets them whole), 'tasks' the task axis of every array. Augmentation is seeded by the
+    image's position in the global batch, so the images do not depend on the process count.
+    """
+    s = cfg.sampler
+    if s.kind not in ("episodes", "tasks"):
+        raise ValueError(f"episode_batches: sampler.kind must be 'episodes' or 'tasks', not {s.kind!r}")
+    tasks = s.tasks_per_batch if s.kind == "tasks" else 1
+    rng = np.random.default_rng([cfg.seed, 4, epoch])
+    eps = EpisodeSampler(catalogue.labels[pool]).sample(s.ways, s.shots, s.queries, num_batches * tasks, rng)
+    aug_seed = int(rng.integers(2**31 - 1))
+    images = pool[np.concatenate([eps.support, eps.query], axis=1)]
+    labels = {"support_labels": eps.support_labels.astype(np.int32),
+              "query_labels": eps.query_labels.astype(np.int32)}
+    if s.kind == "episodes":
+        return _batched(catalogue, images, {}, aug_seed, cfg.data, process_index, process_count,
+                        labels=False, replicated=labels)
+    shape = (num_batches, tasks, -1)
+    return _batched(catalogue, images.reshape(shape), {k: v.reshape(shape) for k, v in labels.items()}, aug_seed,
+                    cfg.data, process_index, process_count, labels=False)
 
 
 def eval_batches(catalogue: Catalogue, indices: np.ndarray, data: ml_collections.ConfigDict,

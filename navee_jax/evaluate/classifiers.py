@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from navee_jax.losses.distances import pairwise_distances
+from navee_jax.distances import pairwise_distances
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 

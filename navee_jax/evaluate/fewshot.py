@@ -1,11 +1,12 @@
 """N-way K-shot episodes on held-out embeddings: the (N, K) grid and the standard 600-episode protocol.
 
-Episodes are index sets into a support pool and a query pool of embeddings. They are sampled with a seeded
-numpy generator (deterministic for a given seed; each (N, K) cell has its own stream, so a cell's episodes do
-not depend on which other cells are evaluated, and all classifiers but the MLP, whose eligibility rule differs,
-see the same episodes), then every cell is classified in one call over all its episodes: a jitted call
-vmapped over them (`navee_jax.evaluate.classifiers`), or for 1-NN one compiled loop over a ranked
-distance table of the pools (`navee_jax.evaluate.nearest`).
+Episodes are index sets into a support pool and a query pool of embeddings, drawn by the two-pool mode of
+`navee_jax.data.episodes.EpisodeSampler` with a numpy generator seeded by (seed, N, K) (deterministic for a
+given seed; each (N, K) cell has its own stream, so a cell's episodes do not depend on which other cells are
+evaluated, and all classifiers but the MLP, whose eligibility rule differs, see the same episodes), then
+every cell is classified in one call over all its episodes: a jitted call vmapped over them
+(`navee_jax.evaluate.classifiers`), or for 1-NN one compiled loop over a ranked distance table of the pools
+(`navee_jax.evaluate.nearest`). Each cell's result is a `navee_jax.evaluate.records.FewShotCell`.
 
 Definitions:
 
@@ -31,103 +32,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from navee_jax.data.episodes import Episodes, EpisodeSampler
+from navee_jax.distances import pairwise_distances
 from navee_jax.evaluate import classifiers
 from navee_jax.evaluate.classifiers import MLPSearch
 from navee_jax.evaluate.nearest import NearestNeighbourTable
-from navee_jax.losses.distances import pairwise_distances
+from navee_jax.evaluate.records import FewShotCell
 
 CLASSIFIERS = ("1nn", "knn", "prototype", "logreg", "mlp")
-
-
-@dataclasses.dataclass(frozen=True)
-class Episodes:
-    """E episodes of one cell. Indices point into the support / query pools; labels are episode-local.
-
-    Support slots are class-major: class j of the episode owns slots j*K .. j*K+K-1 (and query slots
-    j*Q .. j*Q+Q-1), so local label j is the j-th class drawn.
-    """
-
-    classes: np.ndarray  # (E, N) pool labels of the classes drawn
-    support: np.ndarray  # (E, N*K)
-    support_labels: np.ndarray  # (E, N*K) in 0..N-1
-    query: np.ndarray  # (E, N*Q); padding slots hold index 0
-    query_labels: np.ndarray  # (E, N*Q)
-    query_mask: np.ndarray  # (E, N*Q) False on padding slots
-
-
-def _by_class(labels: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(table (C, max count) of pool indices padded with 0, counts (C,)) for each class in `classes`."""
-    order = np.argsort(labels, kind="stable")
-    grouped = labels[order]
-    start = np.searchsorted(grouped, classes, side="left")
-    counts = np.searchsorted(grouped, classes, side="right") - start
-    column = np.arange(max(int(counts.max(initial=0)), 1))
-    if not len(order):
-        return np.zeros((len(classes), 1), np.int64), counts
-    position = np.minimum(start[:, None] + column, len(order) - 1)
-    return np.where(column < counts[:, None], order[position], 0), counts
-
-
-def _draw(rng: np.random.Generator, table: np.ndarray, counts: np.ndarray, chosen: np.ndarray,
-          take: int) -> tuple[np.ndarray, np.ndarray]:
-    """(indices, valid) of `take` draws without replacement from each chosen class's images, shape (E, N, take).
-
-    Ranking i.i.d. uniform keys (padding keyed last) draws a uniformly random subset in random order. Keys of
-    real images never tie (with probability 1), so any correct sort gives the same, reproducible order.
-    """
-    width = table.shape[1]
-    keys = rng.random((*chosen.shape, width))
-    chosen_counts = counts[chosen][..., None]
-    if counts.min() < width:
-        keys[np.arange(width) >= chosen_counts] = 2.0
-    pick = np.argsort(keys, axis=-1)[..., :take]
-    return np.take(table, chosen[..., None] * width + pick), np.arange(take) < chosen_counts
-
-
-class EpisodePool:
-    """The classes of a support and a query pool with per-class index tables, built once for many cells."""
-
-    def __init__(self, support_labels: np.ndarray, query_labels: np.ndarray):
-        support_labels, query_labels = np.asarray(support_labels), np.asarray(query_labels)
-        self.classes = np.unique(support_labels)
-        self.support_table, self.support_counts = _by_class(support_labels, self.classes)
-        self.query_table, self.query_counts = _by_class(query_labels, self.classes)
-
-    def eligible(self, shots: int, min_queries: int = 1) -> np.ndarray:
-        """Positions in `classes` of the classes with >= `shots` support and >= `min_queries` query images."""
-        return np.flatnonzero((self.support_counts >= shots) & (self.query_counts >= min_queries))
-
-    def sample(self, ways: int, shots: int, queries: int, num_episodes: int, seed: int,
-               min_queries: int = 1) -> Episodes:
-        """`sample_episodes` on this pool."""
-        eligible = self.eligible(shots, min_queries)
-        if len(eligible) < ways:
-            raise ValueError(f"{ways}-way {shots}-shot needs {ways} classes with >= {shots} support and "
-                             f">= {min_queries} query images; {len(eligible)} classes qualify")
-        s_counts, q_counts = self.support_counts[eligible], self.query_counts[eligible]
-        # Tables as wide as the eligible classes need: the width sets how many keys each draw consumes.
-        s_table = self.support_table[eligible, :max(int(s_counts.max()), 1)]
-        q_table = self.query_table[eligible, :max(int(q_counts.max()), 1)]
-        q = min(queries, int(q_counts.max()))
-        rng = np.random.default_rng([seed, ways, shots])
-        chosen = np.argsort(rng.random((num_episodes, len(eligible))), axis=1)[:, :ways]
-        support, _ = _draw(rng, s_table, s_counts, chosen, shots)
-        query, valid = _draw(rng, q_table, q_counts, chosen, q)
-        local = np.arange(ways)
-        return Episodes(classes=self.classes[eligible][chosen], support=support.reshape(num_episodes, -1),
-                        support_labels=np.broadcast_to(np.repeat(local, shots), (num_episodes, ways * shots)),
-                        query=np.where(valid, query, 0).reshape(num_episodes, -1),
-                        query_labels=np.broadcast_to(np.repeat(local, q), (num_episodes, ways * q)),
-                        query_mask=valid.reshape(num_episodes, -1))
-
-
-def sample_episodes(support_labels: np.ndarray, query_labels: np.ndarray, ways: int, shots: int, queries: int,
-                    num_episodes: int, seed: int, min_queries: int = 1) -> Episodes:
-    """Seeded N-way K-shot episodes with up to Q queries per class (see the module docstring).
-
-    Raises ValueError if fewer than `ways` classes are eligible (`EpisodePool.eligible`).
-    """
-    return EpisodePool(support_labels, query_labels).sample(ways, shots, queries, num_episodes, seed, min_queries)
 
 
 @partial(jax.jit, static_argnames=("k", "ways"))
@@ -150,12 +62,6 @@ def _distance_matrix(query_emb: jax.Array, support_emb: jax.Array, chunk: int = 
                             for i in range(0, max(query_emb.shape[0], 1), chunk)])
 
 
-def accuracy_summary(acc: np.ndarray) -> dict[str, float]:
-    """{"accuracy": mean episode accuracy, "ci95": its 95% half-width} (see the module docstring)."""
-    ci = 1.96 * acc.std(ddof=1) / np.sqrt(len(acc)) if len(acc) > 1 else float("nan")
-    return {"accuracy": float(acc.mean()), "ci95": float(ci)}
-
-
 def validation_split(query_mask: np.ndarray, ways: int, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
     """(val, test) masks over (E, N*Q) query slots, for tuning the MLP.
 
@@ -175,12 +81,13 @@ def few_shot_grid(support_emb: np.ndarray, support_labels: np.ndarray, query_emb
                   query_labels: np.ndarray, ways: tuple[int, ...] = (2, 5, 10, 20, 50),
                   shots: tuple[int, ...] = (1, 2, 3, 5, 10), queries: int = 15, episodes: int = 50, seed: int = 0,
                   classifier: str = "1nn", *, k: int = 5, C: float = 1.0, mlp: MLPSearch | None = None,
-                  max_matrix_bytes: int = 1 << 30) -> dict[str, dict[str, Any]]:
-    """Mean episode accuracy and 95% CI for every N-way K-shot cell, keyed "N-way K-shot".
+                  max_matrix_bytes: int = 1 << 30) -> list[FewShotCell]:
+    """Mean episode accuracy and 95% CI for every N-way K-shot cell, one `FewShotCell` per (N, K) in the
+    order of `itertools.product(ways, shots)`, its classifier field `classifier`.
 
-    A cell reports {"accuracy", "ci95", "episodes", "queries_per_class"} (the MLP adds "validation_queries",
-    "selected" and "validation_accuracy", and its accuracy counts only the other queries), or {"skipped": why}
-    when too few classes qualify or k-NN's k exceeds the N*K support images.
+    The MLP's cells add details "validation_queries", "selected" and "validation_accuracy", and its mean
+    counts only the other queries. A cell is skipped (`FewShotCell.skip`, with the reason) when too few
+    classes qualify or k-NN's k exceeds the N*K support images.
 
     classifier: "1nn", "knn" (k neighbours), "prototype" (nearest class mean), "logreg" (L2 multinomial
     logistic regression with inverse strength C) or "mlp" (PCA + MLP tuned over `mlp`). For the neighbour
@@ -203,27 +110,28 @@ def few_shot_grid(support_emb: np.ndarray, support_labels: np.ndarray, query_emb
     support_j, query_j = ((None, None) if nearest is not None or classifier == "mlp"
                           else (jnp.asarray(support_np), jnp.asarray(query_np)))
     dist = _distance_matrix(query_j, support_j) if fits and nearest is None else None
-    pool = EpisodePool(support_labels, query_labels)
-    report: dict[str, dict[str, Any]] = {}
+    sampler = EpisodeSampler(support_labels, query_labels)
+    report: list[FewShotCell] = []
     for n, shot in itertools.product(ways, shots):
-        name = f"{n}-way {shot}-shot"
         if neighbours is not None and neighbours > n * shot:
-            report[name] = {"skipped": f"k-NN with k={neighbours} needs >= {neighbours} support images; "
-                                       f"an episode has {n * shot}"}
+            report.append(FewShotCell.skip(n, shot, classifier, episodes,
+                                           f"k-NN with k={neighbours} needs >= {neighbours} support images; "
+                                           f"an episode has {n * shot}"))
             continue
         try:
-            eps = pool.sample(n, shot, queries, episodes, seed, min_queries=2 if classifier == "mlp" else 1)
+            eps = sampler.sample(n, shot, queries, episodes, np.random.default_rng([seed, n, shot]),
+                                 min_queries=2 if classifier == "mlp" else 1)
         except ValueError as e:
-            report[name] = {"skipped": str(e)}
+            report.append(FewShotCell.skip(n, shot, classifier, episodes, str(e)))
             continue
-        cell: dict[str, Any] = {"episodes": episodes, "queries_per_class": eps.query.shape[1] // n}
+        details: dict[str, Any] = {}
         if classifier == "mlp":
             val, test = validation_split(eps.query_mask, n, mlp.val_fraction)
             acc, config, val_acc = classifiers.mlp_search(
                 support_np[eps.support], eps.support_labels, query_np[eps.query], eps.query_labels, val, test, n,
                 support_np, mlp)
-            cell.update(validation_queries=int(val.sum()), selected=dataclasses.asdict(config),
-                        validation_accuracy=val_acc)
+            details = {"validation_queries": int(val.sum()), "selected": dataclasses.asdict(config),
+                       "validation_accuracy": val_acc}
         else:
             if neighbours is None:
                 pred = _predict_from_embeddings(classifier, support_j, query_j, eps, n, C)
@@ -236,7 +144,7 @@ def few_shot_grid(support_emb: np.ndarray, support_labels: np.ndarray, query_emb
                                             neighbours, n)
             hits = (np.asarray(pred) == eps.query_labels) & eps.query_mask
             acc = hits.sum(axis=1) / eps.query_mask.sum(axis=1)
-        report[name] = {**accuracy_summary(acc), **cell}
+        report.append(FewShotCell.from_accuracies(n, shot, classifier, acc, eps.query.shape[1] // n, **details))
     return report
 
 
@@ -252,7 +160,7 @@ def _predict_from_embeddings(classifier: str, support_emb: jax.Array, query_emb:
 
 def standard_protocol(support_emb: np.ndarray, support_labels: np.ndarray, query_emb: np.ndarray,
                       query_labels: np.ndarray, classifier: str = "1nn", queries: int = 15, episodes: int = 600,
-                      seed: int = 0, **options: Any) -> dict[str, dict[str, Any]]:
+                      seed: int = 0, **options: Any) -> list[FewShotCell]:
     """The usual few-shot benchmark: 5-way 1-shot and 5-way 5-shot over 600 episodes, mean +- 95% CI.
 
     `options` are passed to `few_shot_grid` (k, C, mlp, max_matrix_bytes).
@@ -263,7 +171,7 @@ def standard_protocol(support_emb: np.ndarray, support_labels: np.ndarray, query
 
 def few_shot_report(support_emb: np.ndarray, support_labels: np.ndarray, query_emb: np.ndarray,
                     query_labels: np.ndarray, ways: int, shots: tuple[int, ...], queries: int,
-                    num_episodes: int, seed: int, classifier: str = "1nn") -> dict[str, dict]:
+                    num_episodes: int, seed: int, classifier: str = "1nn") -> list[FewShotCell]:
     """The held-out evaluator's report: one N, several K (`few_shot_grid` with a single row)."""
     return few_shot_grid(support_emb, support_labels, query_emb, query_labels, ways=(ways,), shots=tuple(shots),
                          queries=queries, episodes=num_episodes, seed=seed, classifier=classifier)

@@ -4,10 +4,10 @@ Every writer builds its own matplotlib Figure on the Agg canvas (never pyplot: n
 shared with other code), draws at a fixed size and dpi, and draws only what its arguments and seed
 determine, so the same inputs give byte-identical files (PNG metadata carries no software version).
 
-The N-way K-shot grid, here and in report.py, is a list of cells, one per (ways, shots) setting, the form
-report.json stores:
-    {"ways": 5, "shots": 1, "accuracy": 0.80, "ci95": 0.01, ...}   evaluated (extra keys are ignored)
-    {"ways": 20, "shots": 5, "skipped": "why"}                     not possible on this data, with the reason
+The N-way K-shot grid, here and in report.py, is a list of cells, one per (ways, shots) setting, in the dict
+form of `navee_jax.evaluate.records.FewShotCell` (`to_dict`), as report.json stores it:
+    {"ways": 5, "shots": 1, "mean": 0.80, "ci95": 0.01, ...}        evaluated (extra keys are ignored)
+    {"ways": 20, "shots": 5, "skipped": "why", ...}                not possible on this data, with the reason
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def accuracy_heatmap(grid: Sequence[Mapping], path: str, title: str = "") -> str
     ax.set_facecolor(SKIPPED_FACE)
     for cell in grid:
         if "skipped" not in cell:
-            acc[ways.index(int(cell["ways"])), shots.index(int(cell["shots"]))] = cell["accuracy"]
+            acc[ways.index(int(cell["ways"])), shots.index(int(cell["shots"]))] = cell["mean"]
     image = ax.imshow(np.ma.masked_invalid(acc), cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
     for cell in grid:
         i, j = ways.index(int(cell["ways"])), shots.index(int(cell["shots"]))
@@ -67,9 +67,9 @@ def accuracy_heatmap(grid: Sequence[Mapping], path: str, title: str = "") -> str
             ax.text(j, i, "n/a", ha="center", va="center", fontsize=9, color="black")
         else:
             ci = cell.get("ci95")
-            text = f"{cell['accuracy']:.2f}" + (f"\n±{ci:.2f}" if ci is not None else "")
+            text = f"{cell['mean']:.2f}" + (f"\n±{ci:.2f}" if ci is not None else "")
             ax.text(j, i, text, ha="center", va="center", fontsize=8,
-                    color="white" if cell["accuracy"] < 0.6 else "black")
+                    color="white" if cell["mean"] < 0.6 else "black")
     ax.set_xticks(range(len(shots)), [str(k) for k in shots])
     ax.set_yticks(range(len(ways)), [str(n) for n in ways])
     ax.set_xlabel("K (shots)")

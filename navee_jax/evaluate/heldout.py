@@ -1,8 +1,9 @@
-"""The held-out evaluator: embed support + query once, then retrieval mAP and the episode grid."""
+"""The held-out evaluator: embed support + query once, then retrieval mAP (`eval.metric`) and N-way K-shot
+1-NN episodes over `eval.shots`."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterator
 
 import jax
 import ml_collections
@@ -10,28 +11,12 @@ import numpy as np
 from jax.sharding import Mesh
 
 from navee_jax.data.catalogue import Catalogue
-from navee_jax.data.pipeline import eval_batches, process_share
+from navee_jax.data.pipeline import eval_batches
+from navee_jax.embed import embed_in_batches
 from navee_jax.data.splits import Split
 from navee_jax.evaluate.fewshot import few_shot_report
 from navee_jax.errors import UserError
-from navee_jax.evaluate.retrieval import mean_average_precision
-from navee_jax.train.sharding import shard_batch
-
-
-def embed_in_batches(embed_fn: Callable[[Any, jax.Array], jax.Array], state: Any, batches: Iterable[np.ndarray],
-                     batch_size: int, mesh: Mesh) -> np.ndarray:
-    """(n, d) embeddings of image batches of at most `batch_size`, each run as one fixed-size sharded batch
-    (one compiled shape) and cut back to its length."""
-    out = []
-    for images in batches:
-        n = len(images)
-        # Padded with copies of the batch's own images, not zeros: a network whose BatchNorm uses batch
-        # statistics (MAML) would otherwise normalise with statistics of blank images.
-        padded = np.concatenate([images, images[np.arange(batch_size - n) % n]])
-        # Multi-host: each process feeds its share of the batch; the embeddings come back replicated.
-        share = process_share(padded, jax.process_index(), jax.process_count())
-        out.append(np.asarray(embed_fn(state, shard_batch(share, mesh)))[:n])
-    return np.concatenate(out)
+from navee_jax.evaluate.retrieval import retrieval_metrics
 
 
 class HeldoutEvaluator:
@@ -57,14 +42,15 @@ class HeldoutEvaluator:
                             "finite; check data.mean/std and lower --config.optim.lr")
         return emb
 
-    def __call__(self, state: Any, few_shot: bool = True) -> dict:
-        """{"map", "queries_scored"} and, with `few_shot`, {"few_shot_1nn": {"4-way 1-shot": ...}}."""
+    def run(self, state: Any, final: bool) -> Iterator[tuple[str, Any]]:
+        """("map", held-out mAP), ("queries_scored", n) and, when `final`, ("few_shot", cell) per shot count."""
         emb = self.embed(state)
         s, q = slice(None, self.num_support), slice(self.num_support, None)
-        m, scored = mean_average_precision(emb[q], self.labels[q], emb[s], self.labels[s])
-        out = {"map": m, "queries_scored": scored}
-        if few_shot:
-            e = self.config.eval
-            out["few_shot_1nn"] = few_shot_report(emb[s], self.labels[s], emb[q], self.labels[q], e.ways,
-                                                  tuple(e.shots), e.queries_per_class, e.episodes, self.config.seed)
-        return out
+        e = self.config.eval
+        retrieval = retrieval_metrics(emb[q], self.labels[q], emb[s], self.labels[s], metric=e.metric, ks=())
+        yield "map", retrieval["map"]
+        yield "queries_scored", retrieval["queries_scored"]
+        if final:
+            for cell in few_shot_report(emb[s], self.labels[s], emb[q], self.labels[q], e.ways, tuple(e.shots),
+                                        e.queries_per_class, e.episodes, self.config.seed):
+                yield "few_shot", cell

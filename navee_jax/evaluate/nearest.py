@@ -20,7 +20,7 @@ pool. So (`NearestNeighbourTable`):
 The result is the 1-NN rule on float64 squared distances of the float32 embeddings (exact for embeddings
 whose squared distances are representable, as integer or 1/16-grid values are): the nearest support image
 wins, a tie goes to the smallest episode label, which is the first of the tied images in the class-major
-support order (`navee_jax.evaluate.fewshot.Episodes`). That is the rule of
+support order (`navee_jax.data.episodes.Episodes`). That is the rule of
 `navee_jax.evaluate.classifiers.knn_predict` with k=1, decided in float64 instead of float32.
 """
 

@@ -15,10 +15,12 @@ Schema of `results` (every key optional, so a partial evaluation still renders):
       },
     }
 
-A cell (navee_jax.evaluate.figures) is {"ways", "shots", "accuracy", "ci95", "episodes"?, ...} when
-evaluated, {"ways", "shots", "skipped": reason} when not possible on this data. NumPy scalars and arrays are
-accepted and written as plain JSON numbers / lists; NaN (e.g. mAP with no scorable query) is written as
-Python's json writes it (NaN), so floats are never rounded or replaced.
+A cell is the dict form of `navee_jax.evaluate.records.FewShotCell` (see navee_jax.evaluate.figures):
+{"ways", "shots", "classifier"?, "mean", "ci95", "episodes"?, ...} when evaluated, {"ways", "shots",
+"skipped": reason, ...} when not possible on this data; a standard cell's classifier, when it has one, is
+named beside its setting. NumPy scalars and arrays are accepted and written as plain JSON numbers / lists;
+NaN (e.g. mAP with no scorable query) is written as Python's json writes it (NaN), so floats are never
+rounded or replaced.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ def _cell(cell: Mapping | None) -> str:
     if "skipped" in cell:
         return f"n/a ({_escape(str(cell['skipped']))})"
     ci = cell.get("ci95")
-    return _number(cell.get("accuracy")) + (f" ± {_number(ci)}" if ci is not None else "")
+    return _number(cell.get("mean")) + (f" ± {_number(ci)}" if ci is not None else "")
 
 
 def _setting(cell: Mapping) -> str:

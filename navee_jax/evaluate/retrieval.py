@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from navee_jax.losses.distances import pairwise_distances
+from navee_jax.distances import pairwise_distances
 
 
 @partial(jax.jit, static_argnames=("metric",))
@@ -123,10 +123,3 @@ def retrieval_metrics(query: np.ndarray, query_labels: np.ndarray, gallery: np.n
                                    else float("nan") for name, v in per_query.items()}
     out.update(queries_scored=int(scored.sum()), queries_without_relevant=int((~scored).sum()))
     return out
-
-
-def mean_average_precision(query: np.ndarray, query_labels: np.ndarray, support: np.ndarray,
-                           support_labels: np.ndarray, chunk: int = 1024) -> tuple[float, int]:
-    """(Euclidean mAP over queries that have a relevant support image, number of such queries)."""
-    m = retrieval_metrics(query, query_labels, support, support_labels, ks=(), chunk=chunk)
-    return m["map"], m["queries_scored"]

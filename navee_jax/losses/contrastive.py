@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import ml_collections
+import numpy as np
 
-from navee_jax.losses.distances import _safe_sqrt, masked_mean, pairwise_distances, same_label_mask, top_fraction_mask
+from navee_jax.distances import safe_sqrt, masked_mean, pairwise_distances, same_label_mask, top_fraction_mask
+from navee_jax.losses.registry import Objective, register_loss
 
 
 def _pair_terms(d2: jax.Array, same: jax.Array, margin: float) -> jax.Array:
     # Positive pairs use d^2 directly (no sqrt: smooth at d = 0). A duplicated negative pair (d = 0) gets
     # the value margin^2 / 2 but a zero gradient: the direction to push the two points apart is undefined.
-    d = _safe_sqrt(d2)
+    d = safe_sqrt(d2)
     return jnp.where(same, 0.5 * d2, 0.5 * jnp.square(jax.nn.relu(margin - d)))
 
 
@@ -28,7 +31,7 @@ def _mined_mean(d2: jax.Array, same: jax.Array, valid: jax.Array, margin: float,
     terms = _pair_terms(d2, same, margin)
     selected, k = top_fraction_mask(terms, valid, p_mining)
     loss = jnp.sum(jnp.where(selected, terms, 0.0)) / jnp.maximum(k, 1)
-    d = _safe_sqrt(d2)
+    d = safe_sqrt(d2)
     num_valid = jnp.sum(valid)
     aux = {
         "num_pairs": num_valid.astype(terms.dtype),
@@ -68,3 +71,12 @@ def contrastive_batch_loss(embeddings: jax.Array, labels: jax.Array, margin: flo
     same = same_label_mask(labels, labels)
     upper = jnp.triu(jnp.ones((n, n), dtype=bool), k=1)
     return _mined_mean(d2, same, upper, margin, p_mining)
+
+
+@register_loss("contrastive", samplers=("pairs", "pk"))
+def _objective(config: ml_collections.ConfigDict, _train_labels: np.ndarray) -> Objective:
+    loss = config.loss
+    if config.sampler.kind == "pairs":
+        return Objective(lambda emb, batch, _: contrastive_pair_loss(emb[:, 0], emb[:, 1], batch["same"], loss.margin,
+                                                                     loss.p_mining))
+    return Objective(lambda emb, batch, _: contrastive_batch_loss(emb, batch["labels"], loss.margin, loss.p_mining))

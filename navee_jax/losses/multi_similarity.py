@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import ml_collections
+import numpy as np
 
-from navee_jax.losses.distances import cosine_similarity, masked_mean, negative_mask, positive_mask
-
-
-def _log1p_sum_exp(x: jax.Array, mask: jax.Array) -> jax.Array:
-    """Row-wise log(1 + sum_{mask} exp(x)), stably: a logsumexp that includes a zero term."""
-    masked = jnp.where(mask, x, -jnp.inf)
-    return jax.nn.logsumexp(jnp.concatenate([jnp.zeros_like(x[:, :1]), masked], axis=1), axis=1)
+from navee_jax.distances import cosine_similarity, log1p_sum_exp, masked_mean, negative_mask, positive_mask
+from navee_jax.losses.registry import Objective, register_loss
 
 
 def multi_similarity_mining(s: jax.Array, labels: jax.Array, epsilon: float = 0.1) -> tuple[jax.Array, jax.Array]:
@@ -63,8 +60,8 @@ def multi_similarity_loss(embeddings: jax.Array, labels: jax.Array, alpha: float
     pos, neg = positive_mask(labels), negative_mask(labels)
     valid = pos.any(axis=1) & neg.any(axis=1)
     keep_pos, keep_neg = multi_similarity_mining(s, labels, epsilon)
-    pos_term = _log1p_sum_exp(-alpha * (s - base), keep_pos) / alpha
-    neg_term = _log1p_sum_exp(beta * (s - base), keep_neg) / beta
+    pos_term = log1p_sum_exp(-alpha * (s - base), keep_pos) / alpha
+    neg_term = log1p_sum_exp(beta * (s - base), keep_neg) / beta
     aux = {
         "valid_fraction": jnp.mean(valid.astype(s.dtype)),
         "kept_positive_fraction": jnp.sum(keep_pos) / jnp.maximum(jnp.sum(pos & valid[:, None]), 1),
@@ -73,3 +70,10 @@ def multi_similarity_loss(embeddings: jax.Array, labels: jax.Array, alpha: float
         "negative_similarity": masked_mean(s, neg),
     }
     return masked_mean(pos_term + neg_term, valid), aux
+
+
+@register_loss("multi_similarity", samplers=("pk",))
+def _objective(config: ml_collections.ConfigDict, _train_labels: np.ndarray) -> Objective:
+    loss = config.loss
+    return Objective(lambda emb, batch, _: multi_similarity_loss(emb, batch["labels"], loss.alpha, loss.beta,
+                                                                 loss.base, loss.epsilon))

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import ml_collections
+import numpy as np
 
-from navee_jax.losses.distances import Metric, masked_mean, pairwise_distances
+from navee_jax.distances import Metric, masked_mean, pairwise_distances
+from navee_jax.losses.registry import Objective, register_loss
 
 
 def prototypical_loss(support: jax.Array, support_labels: jax.Array, query: jax.Array, query_labels: jax.Array,
@@ -60,3 +63,14 @@ def batched_prototypical_loss(support: jax.Array, support_labels: jax.Array, que
     losses, aux = jax.vmap(lambda s, sl, q, ql: prototypical_loss(s, sl, q, ql, num_classes, metric))(
         support, support_labels, query, query_labels)
     return jnp.mean(losses), jax.tree.map(jnp.mean, aux)
+
+
+@register_loss("protonet", samplers=("episodes",))
+def _objective(config: ml_collections.ConfigDict, _train_labels: np.ndarray) -> Objective:
+    s, metric = config.sampler, config.loss.metric
+    n_support = s.ways * s.shots  # an episode's images are its support images, then its queries
+
+    def on_episode(emb, batch, _):
+        return prototypical_loss(emb[:n_support], batch["support_labels"], emb[n_support:], batch["query_labels"],
+                                 s.ways, metric)
+    return Objective(on_episode)

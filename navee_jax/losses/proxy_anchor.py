@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import ml_collections
+import numpy as np
 
-from navee_jax.losses.distances import cosine_similarity, masked_mean
-from navee_jax.losses.multi_similarity import _log1p_sum_exp
+from navee_jax.distances import cosine_similarity, log1p_sum_exp, masked_mean
+from navee_jax.losses.registry import Objective, register_loss
 
 
 def init_proxies(key: jax.Array, num_classes: int, dim: int, dtype: jnp.dtype = jnp.float32) -> jax.Array:
@@ -42,8 +44,8 @@ def proxy_anchor_loss(embeddings: jax.Array, labels: jax.Array, proxies: jax.Arr
     pos = labels[None, :] == jnp.arange(num_classes)[:, None]
     neg = ~pos
     has_positive = pos.any(axis=1)
-    pos_term = _log1p_sum_exp(-alpha * (s - delta), pos)
-    neg_term = _log1p_sum_exp(alpha * (s + delta), neg)
+    pos_term = log1p_sum_exp(-alpha * (s - delta), pos)
+    neg_term = log1p_sum_exp(alpha * (s + delta), neg)
     loss = masked_mean(pos_term, has_positive) + jnp.mean(neg_term)
     aux = {
         "positive_proxy_fraction": jnp.mean(has_positive.astype(s.dtype)),
@@ -51,3 +53,17 @@ def proxy_anchor_loss(embeddings: jax.Array, labels: jax.Array, proxies: jax.Arr
         "negative_similarity": masked_mean(s, neg),
     }
     return loss, aux
+
+
+@register_loss("proxy_anchor", samplers=("pk",))
+def _objective(config: ml_collections.ConfigDict, train_labels: np.ndarray) -> Objective:
+    """One proxy per training class, indexed by a catalogue-label -> row table."""
+    loss, dim = config.loss, config.model.embed_dim
+    classes = np.unique(train_labels)
+    row = np.full(int(train_labels.max()) + 1, -1, np.int32)
+    row[classes] = np.arange(len(classes))
+    row_of = jnp.asarray(row)
+
+    def on_pk(emb, batch, params):
+        return proxy_anchor_loss(emb, row_of[batch["labels"]], params["proxies"], loss.alpha, loss.delta)
+    return Objective(on_pk, lambda key: {"proxies": init_proxies(key, len(classes), dim)})

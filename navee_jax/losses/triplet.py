@@ -26,8 +26,10 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
+import ml_collections
+import numpy as np
 
-from navee_jax.losses.distances import (
+from navee_jax.distances import (
     Metric,
     masked_mean,
     negative_mask,
@@ -36,6 +38,7 @@ from navee_jax.losses.distances import (
     positive_mask,
     top_fraction_mask,
 )
+from navee_jax.losses.registry import Objective, register_loss
 
 Miner = Literal["batch_all", "batch_hard", "semi_hard", "top_fraction"]
 MINERS: tuple[str, ...] = ("batch_all", "batch_hard", "semi_hard", "top_fraction")
@@ -152,3 +155,13 @@ def sampled_triplet_loss(anchor: jax.Array, positive: jax.Array, negative: jax.A
         "negative_distance": jnp.mean(d_an),
     }
     return jnp.mean(terms), aux
+
+
+@register_loss("triplet", samplers=("pk", "triplets"))
+def _objective(config: ml_collections.ConfigDict, _train_labels: np.ndarray) -> Objective:
+    loss = config.loss
+    if config.sampler.kind == "triplets":
+        return Objective(lambda emb, batch, _: sampled_triplet_loss(emb[:, 0], emb[:, 1], emb[:, 2], loss.margin,
+                                                                    loss.metric))
+    return Objective(lambda emb, batch, _: triplet_loss(emb, batch["labels"], loss.margin, loss.miner, loss.metric,
+                                                        loss.top_fraction))

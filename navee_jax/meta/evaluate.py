@@ -1,12 +1,11 @@
 """MAML's meta-test on held-out classes: per episode, fine-tune on its support set, then classify its queries.
 
-Episodes are those of the embedding methods' evaluation (`navee_jax.evaluate.fewshot.sample_episodes` with
-the same pools, ways, shots, queries and seed), and cells have the same form ({"accuracy", "ci95",
-"episodes", "queries_per_class"}, or {"skipped": why}), so MAML's numbers sit beside 1-NN / prototype
-numbers of any method. The network's head has `sampler.ways` outputs, so the ways are those it was trained
-with; each episode is fine-tuned with `loss.eval_inner_steps` steps of the (learned, with Meta-SGD) inner
-step sizes, vmapped over episodes and sharded over devices, a few episodes per call (`eval.batch_size`
-images at most).
+Episodes are those of the embedding methods' evaluation (navee_jax.data.episodes.EpisodeSampler with the same
+pools, ways, shots, queries and seed), and cells are the same records (navee_jax.evaluate.records, classifier
+"maml fine-tuning"), so MAML's numbers sit beside 1-NN / prototype numbers of any method. The network's head
+has `sampler.ways` outputs, so the ways are those it was trained with; each episode is fine-tuned with
+`loss.eval_inner_steps` steps of the (learned, with Meta-SGD) inner step sizes, vmapped over episodes and
+sharded over devices, a few episodes per call (`eval.batch_size` images at most).
 
 BatchNorm normalises the support set with its own statistics during fine-tuning and the query set with
 the query set's, as in meta-training (navee_jax.meta.maml). Episodes whose classes are short of queries
@@ -16,7 +15,7 @@ statistics; on Omniglot's 20 drawings per character there is no padding.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Iterator
 
 import jax
 import ml_collections
@@ -27,16 +26,19 @@ from jax.sharding import Mesh
 from navee_jax.data.catalogue import Catalogue
 from navee_jax.data.pipeline import eval_batches
 from navee_jax.data.splits import Split
-from navee_jax.evaluate.fewshot import EpisodePool, accuracy_summary
-from navee_jax.evaluate.heldout import HeldoutEvaluator
+from navee_jax.data.episodes import EpisodeSampler
+from navee_jax.evaluate.records import FewShotCell
 from navee_jax.meta.maml import adapt_and_predict, make_apply
 from navee_jax.meta.train import step_sizes
-from navee_jax.train.sharding import batch_sharded, replicated
-from navee_jax.train.step import Prepare, TrainState
+from navee_jax.sharding import batch_sharded, replicated
+from navee_jax.embed import Prepare
+from navee_jax.train_state import TrainState
 
 
 class FineTuneEpisodes:
-    """(state, shots, episodes, seed) -> {"N-way K-shot": cell} for N = `sampler.ways`."""
+    """(state, shots, episodes, seed) -> a "maml fine-tuning" cell per shot count, N = `sampler.ways`."""
+
+    CLASSIFIER = "maml fine-tuning"
 
     def __init__(self, catalogue: Catalogue, split: Split, config: ml_collections.ConfigDict,
                  graphdef: nnx.GraphDef, mesh: Mesh, prepare: Prepare):
@@ -62,17 +64,16 @@ class FineTuneEpisodes:
             self._pools = load(self.split.support), load(self.split.query)
         return self._pools
 
-    def __call__(self, state: TrainState, shots: tuple[int, ...], episodes: int, seed: int) -> dict[str, dict]:
+    def __call__(self, state: TrainState, shots: tuple[int, ...], episodes: int, seed: int) -> list[FewShotCell]:
         ways, queries = self.config.sampler.ways, self.config.eval.queries_per_class
         support_pool, query_pool = self.pools()
-        report: dict[str, dict[str, Any]] = {}
-        pool = EpisodePool(self.support_labels, self.query_labels)
+        cells = []
+        sampler = EpisodeSampler(self.support_labels, self.query_labels)
         for shot in shots:
-            name = f"{ways}-way {shot}-shot"
             try:
-                eps = pool.sample(ways, shot, queries, episodes, seed)
+                eps = sampler.sample(ways, shot, queries, episodes, np.random.default_rng([seed, ways, shot]))
             except ValueError as e:
-                report[name] = {"skipped": str(e)}
+                cells.append(FewShotCell.skip(ways, shot, self.CLASSIFIER, episodes, str(e)))
                 continue
             per_episode = eps.support.shape[1] + eps.query.shape[1]
             per_call = -(-max(1, self.config.eval.batch_size // per_episode) // self.mesh.size) * self.mesh.size
@@ -84,25 +85,21 @@ class FineTuneEpisodes:
                                      query_pool[eps.query[take]])
                 predictions.append(np.asarray(pred)[:episodes - start])
             hits = (np.concatenate(predictions) == eps.query_labels) & eps.query_mask
-            report[name] = {**accuracy_summary(hits.sum(axis=1) / eps.query_mask.sum(axis=1)), "episodes": episodes,
-                            "queries_per_class": eps.query.shape[1] // ways,
-                            "inner_steps": self.config.loss.eval_inner_steps}
-        return report
+            cells.append(FewShotCell.from_accuracies(ways, shot, self.CLASSIFIER,
+                                                     hits.sum(axis=1) / eps.query_mask.sum(axis=1),
+                                                     eps.query.shape[1] // ways,
+                                                     inner_steps=self.config.loss.eval_inner_steps))
+        return cells
 
 
-class MamlHeldoutEvaluator(HeldoutEvaluator):
-    """The held-out evaluator (retrieval mAP and 1-NN episodes on Conv-4 features, see
-    navee_jax.meta.train.make_feature_fn) plus, with `few_shot`, MAML's fine-tuning episodes as
-    "few_shot_maml" over the `eval.shots`."""
+class FineTuneEvaluator:
+    """With `final`, MAML's fine-tuning episodes over `eval.shots` as ("few_shot", cell) results."""
 
-    def __init__(self, catalogue: Catalogue, split: Split, config: ml_collections.ConfigDict,
-                 embed_fn: Callable[[Any, jax.Array], jax.Array], mesh: Mesh, fine_tune: FineTuneEpisodes):
-        super().__init__(catalogue, split, config, embed_fn, mesh)
-        self.fine_tune = fine_tune
+    def __init__(self, fine_tune: FineTuneEpisodes, config: ml_collections.ConfigDict):
+        self.fine_tune, self.config = fine_tune, config
 
-    def __call__(self, state: Any, few_shot: bool = True) -> dict:
-        out = super().__call__(state, few_shot)
-        if few_shot:
+    def run(self, state: Any, final: bool) -> Iterator[tuple[str, Any]]:
+        if final:
             e = self.config.eval
-            out["few_shot_maml"] = self.fine_tune(state, tuple(e.shots), e.episodes, self.config.seed)
-        return out
+            for cell in self.fine_tune(state, tuple(e.shots), e.episodes, self.config.seed):
+                yield "few_shot", cell

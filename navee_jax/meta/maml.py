@@ -38,7 +38,7 @@ def make_apply(graphdef: nnx.GraphDef, model_state: nnx.State) -> ApplyFn:
 
     def apply(params: Params, images: jax.Array) -> jax.Array:
         # Fresh Variable objects in this trace: BatchNorm writes its (unused) running averages into them.
-        return nnx.merge(graphdef, params, jax.tree.map(lambda x: x, model_state))(images)
+        return nnx.merge(graphdef, params, model_state, copy=True)(images)
 
     return apply
 

@@ -1,11 +1,12 @@
-"""MAML in the shared trainer: config checks, the network, the train state and the jitted meta-step.
+"""MAML's pieces for the shared trainer: config checks, the network, the train state and the jitted meta-step.
 
 The meta-step has the train step's form, (TrainState, batch) -> (TrainState, metrics), so the one training
-loop (navee_jax.train.loop) runs it, checkpoints it and resumes it like every other method. A batch is a
-meta-batch of `sampler.tasks_per_batch` episodes (sampler kind 'tasks'): images (T, N*(K+Q), S, S, 3),
-support then query images of each task, support_labels (T, N*K) and query_labels (T, N*Q). The task axis
-is sharded on the mesh's `data` axis (navee_jax.train.sharding.shard_step_batch), the parameters are
-replicated; XLA adds the all-reduce of the meta-gradient, so the step is data-parallel over tasks.
+loop (navee_jax.launcher.train, through navee_jax.meta.method) runs it, checkpoints it and resumes it like
+every other method. A batch is a meta-batch of `sampler.tasks_per_batch` episodes (sampler kind 'tasks'):
+images (T, N*(K+Q), S, S, 3), support then query images of each task, support_labels (T, N*K) and query_labels
+(T, N*Q). The task axis is sharded on the mesh's `data` axis (navee_jax.sharding.shard_step_batch), the
+parameters are replicated; XLA adds the all-reduce of the meta-gradient, so the step is data-parallel over
+tasks.
 
 TrainState use: `params` are the meta-parameters (Conv-4 and a `sampler.ways`-way linear head);
 `model_state` holds the BatchNorm running averages NNX keeps, never used (see navee_jax.meta.maml);
@@ -17,7 +18,6 @@ from __future__ import annotations
 from typing import Callable
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import optax
 from flax import nnx
@@ -27,8 +27,9 @@ from navee_jax.errors import UserError
 from navee_jax.meta.conv import use_matmul_convs
 from navee_jax.meta.maml import Params, constant_step_sizes, make_apply, meta_objective
 from navee_jax.models import build_model
-from navee_jax.train.sharding import replicated
-from navee_jax.train.step import Prepare, TrainState, apply_gradients, make_embed_fn
+from navee_jax.sharding import replicated
+from navee_jax.embed import Prepare, make_embed_fn
+from navee_jax.train_state import TrainState, apply_gradients, new_train_state
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -73,14 +74,13 @@ def step_sizes(loss_cfg: ml_collections.ConfigDict, params: Params, loss_params:
     return loss_params["inner_lr"] if loss_cfg.learn_inner_lr else constant_step_sizes(params, loss_cfg.inner_lr)
 
 
-def init_state(model: nnx.Module, tx: optax.GradientTransformation, loss_tx: optax.GradientTransformation,
+def init_state(model: nnx.Module, tx: optax.GradientTransformation,
                loss_cfg: ml_collections.ConfigDict) -> tuple[nnx.GraphDef, TrainState]:
-    """(graphdef, train state); Meta-SGD's step sizes start at `loss.inner_lr` and train with `loss_tx`."""
+    """(graphdef, train state); Meta-SGD's step sizes start at `loss.inner_lr` (they are the state's
+    `loss_params`, with their own learning rate in `tx`: navee_jax.train_state.make_optimizer)."""
     graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
     loss_params = {"inner_lr": constant_step_sizes(params, loss_cfg.inner_lr)} if loss_cfg.learn_inner_lr else {}
-    state = TrainState(jnp.zeros((), jnp.int32), params, model_state, tx.init(params), loss_params,
-                       loss_tx.init(loss_params))
-    return graphdef, state
+    return graphdef, new_train_state(params, model_state, loss_params, tx)
 
 
 def split_tasks(images: jax.Array, batch: dict[str, jax.Array], n_support: int) -> dict[str, jax.Array]:
@@ -89,10 +89,10 @@ def split_tasks(images: jax.Array, batch: dict[str, jax.Array], n_support: int) 
             "query_images": images[:, n_support:], "query_labels": batch["query_labels"]}
 
 
-def make_meta_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_tx: optax.GradientTransformation,
-                   mesh: Mesh, prepare: Prepare, config: ml_collections.ConfigDict) -> Callable:
-    """(state, meta-batch) -> (state, metrics), jitted: one outer update with the meta-gradient (second-order
-    unless `loss.first_order`), of the meta-parameters by `tx` and of Meta-SGD's step sizes by `loss_tx`."""
+def make_meta_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, mesh: Mesh, prepare: Prepare,
+                   config: ml_collections.ConfigDict) -> Callable:
+    """(state, meta-batch) -> (state, metrics), jitted: one outer update by `tx` with the meta-gradient
+    (second-order unless `loss.first_order`) of the meta-parameters and of Meta-SGD's step sizes."""
     loss_cfg = config.loss
     n_support = config.sampler.ways * config.sampler.shots
 
@@ -107,7 +107,7 @@ def make_meta_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, los
         grad_fn = jax.value_and_grad(objective, argnums=(0, 1), has_aux=True)
         (loss, aux), (grads, loss_grads) = grad_fn(state.params, state.loss_params)
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
-        return apply_gradients(state, tx, loss_tx, grads, loss_grads, state.model_state), metrics
+        return apply_gradients(state, tx, grads, loss_grads, state.model_state), metrics
 
     return jax.jit(step, out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=0)
 

@@ -8,6 +8,7 @@ from flax import nnx
 
 from navee_jax.errors import UserError
 from navee_jax.models.conv4 import conv4
+from navee_jax.models.cpu_tuned import tune_for_cpu
 from navee_jax.models.embedding import EmbeddingNet
 from navee_jax.models.koch import koch
 from navee_jax.models.resnet import resnet18, resnet50
@@ -19,11 +20,16 @@ _SIZED = ("conv4", "koch")  # flattened outputs: the input size fixes the featur
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def build_model(cfg: ml_collections.ConfigDict, rngs: nnx.Rngs, image_size: int) -> EmbeddingNet:
+def build_model(cfg: ml_collections.ConfigDict, rngs: nnx.Rngs, image_size: int, *,
+                cpu_tuned: bool = False) -> EmbeddingNet:
     """`cfg.backbone` (+ `cfg.pretrained` weights) behind the embedding head, for `image_size` inputs.
 
     With `cfg.compute_dtype='bfloat16'` the backbone computes in bf16 while its parameters (and
     BatchNorm statistics) stay float32; the head and the loss stay float32.
+
+    `cpu_tuned` (pass `navee_jax.backend.cpu_tuned(mesh)`) installs the XLA:CPU backward passes of
+    navee_jax.models.cpu_tuned in a ResNet backbone: the same function, parameters and state, faster on
+    CPU only; other backbones are unaffected.
     """
     if cfg.backbone not in BACKBONES:
         raise UserError(f"model.backbone: unknown backbone {cfg.backbone!r}; choose one of {sorted(BACKBONES)}")
@@ -42,4 +48,6 @@ def build_model(cfg: ml_collections.ConfigDict, rngs: nnx.Rngs, image_size: int)
     if cfg.compute_dtype != "float32":
         # Conv / Linear / BatchNorm compute in `dtype` and keep float32 parameters (param_dtype).
         backbone.set_attributes(dtype=COMPUTE_DTYPES[cfg.compute_dtype], raise_if_not_found=False)
+    if cpu_tuned:
+        tune_for_cpu(backbone)
     return EmbeddingNet(backbone, cfg.embed_dim, cfg.normalize, cfg.head_batchnorm, rngs=rngs)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from navee_jax.losses.distances import l2_normalize
+from navee_jax.distances import l2_normalize
 
 
 class EmbeddingNet(nnx.Module):

@@ -31,12 +31,13 @@ from navee_jax.data.catalogue import Catalogue, Skipped
 from navee_jax.data.pipeline import eval_batches
 from navee_jax.data.sources import folder_catalogue, inspect_image
 from navee_jax.errors import UserError
-from navee_jax.evaluate.heldout import embed_in_batches
+from navee_jax.embed import embed_in_batches, image_normalizer, make_embed_fn
 from navee_jax.models import build_model
 from navee_jax.recognize.gallery import Gallery
-from navee_jax.train.checkpoints import Checkpoints
-from navee_jax.train.sharding import check_divisible, make_mesh
-from navee_jax.train.step import TrainState, image_normalizer, make_embed_fn
+from navee_jax.checkpoints import Checkpoints
+from navee_jax.sharding import check_divisible, make_mesh
+from navee_jax.method import method_of
+from navee_jax.train_state import TrainState
 
 # The data config keys that decide what the network sees: a gallery made with other values is refused.
 PREPROCESSING_KEYS = ("image_size", "resize", "fill", "grayscale", "binarize", "mean", "std")
@@ -149,8 +150,8 @@ class Recognizer:
         self.graphdef, params, rest = nnx.split(model, nnx.Param, ...)
         self.params, self.rest = params, rest
         self.prepare = image_normalizer(config.data, config.model.in_channels)
-        # make_embed_fn reads only params and model_state; the optimizer fields stay empty.
-        self._state = TrainState(np.zeros((), np.int32), params, rest, (), {}, ())
+        # make_embed_fn reads only params and model_state; the optimizer's state stays empty.
+        self._state = TrainState(np.zeros((), np.int32), params, rest, {}, ())
         self._embed_fn = make_embed_fn(self.graphdef, self.mesh, self.prepare)
         self.fingerprint = {
             "model": {k: config.model[k] for k in MODEL_KEYS},
@@ -173,10 +174,9 @@ class Recognizer:
             raise UserError(f"{path!r} is not a training workdir: {config_path} not found")
         with open(config_path) as f:
             config = ml_collections.ConfigDict(json.load(f))
-        if config.loss.name == "maml":  # its BatchNorm never learns running averages for eval mode to use
-            raise UserError(f"workdir {workdir!r} holds a MAML model, which classifies a task's classes after "
-                            f"fine-tuning on them; recognition needs an embedding model (triplet, contrastive, "
-                            f"protonet, multi_similarity, proxy_anchor)")
+        problem = method_of(config).recognition_problem(config)
+        if problem:
+            raise UserError(f"workdir {workdir!r} cannot serve recognition: {problem}")
         if not os.path.isdir(os.path.join(workdir, "checkpoints")):
             raise UserError(f"workdir {workdir!r} has no checkpoints/ (train it first)")
         ckpt = Checkpoints(workdir)  # read-only: loading never deletes a checkpoint

@@ -29,7 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from navee_jax.errors import UserError
-from navee_jax.losses.distances import pairwise_distances
+from navee_jax.fingerprint import difference
+from navee_jax.distances import pairwise_distances
 from navee_jax.recognize.calibrate import far_threshold, rates
 from navee_jax.recognize.search import ExactIndex, FaissIndex
 
@@ -49,20 +50,13 @@ _squared = jax.jit(lambda x, y: pairwise_distances(x, y, "squared"))
 
 def fingerprint_difference(saved: dict[str, Any], now: dict[str, Any]) -> str | None:
     """'key: A in the gallery, B here (n keys differ)' for the first differing key, or None."""
-    def flat(d: dict, prefix: str = "") -> dict:
-        out = {}
-        for k, v in d.items():
-            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-        return out
-
-    a, b = flat(saved), flat(now)
-    diff = [k for k in sorted(set(a) | set(b)) if k != "checkpoint" and a.get(k) != b.get(k)]
-    if not diff:
+    found = difference(saved, now, ignore=("checkpoint",))
+    if found is None:
         return None
-    k = diff[0]
-    where = (f" (gallery from {a.get('checkpoint')}, model from {b.get('checkpoint')})"
+    k, was, got, count = found
+    where = (f" (gallery from {saved.get('checkpoint')}, model from {now.get('checkpoint')})"
              if k == "weights_sha256" else "")
-    return f"{k} is {a.get(k)!r} in the gallery but {b.get(k)!r} here{where}; {len(diff)} key(s) differ"
+    return f"{k} is {was!r} in the gallery but {got!r} here{where}; {count} key(s) differ"
 
 
 class Gallery:

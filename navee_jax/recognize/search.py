@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from navee_jax.evaluate.expansion import expansion_error_bound
-from navee_jax.losses.distances import pairwise_distances
+from navee_jax.distances import pairwise_distances
 
 QUERY_CHUNK = 256
 GALLERY_CHUNK = 4096
@@ -139,12 +139,6 @@ class ExactIndex:
         if len(unsure):
             dist[unsure], idx[unsure] = _blocks(_direct_block, queries[unsure], args, k, query_chunk)
         return dist, idx
-
-
-def exact_top_k(queries: np.ndarray, gallery: np.ndarray, k: int, query_chunk: int = QUERY_CHUNK,
-                gallery_chunk: int = GALLERY_CHUNK, extra: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """`ExactIndex(gallery).search(queries, k)`: for one-off searches."""
-    return ExactIndex(gallery, gallery_chunk).search(queries, k, query_chunk, extra)
 
 
 def faiss_available() -> bool:

@@ -1,1 +1,1 @@
-"""One trainer for every method: sharded pure steps, checkpoints, metrics."""
+"""Metric learning: the train step and the method every embedding loss trains with."""

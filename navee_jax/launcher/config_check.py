@@ -3,7 +3,7 @@
 launch.py calls `check_config` right after the flags parse, before any data loads or any workdir file is
 written. It raises a one-line UserError for the first problem, in a fixed order: a key the loss needs but the
 config lacks (LOSS_KEYS), then each key's own rule (RULES, in table order), then the rules between keys
-(CROSS, in order; MAML's own are navee_jax.meta.train.check_config's, called from there). Messages read
+(CROSS, in order; a method's own are its `Method.check_config`'s, called from there). Messages read
 `config key 'data.image_size' = 0: must be an integer >= 1`.
 
 The enumerations come from the modules that act on them (miners, metrics, backbones, samplers, classifiers,
@@ -26,21 +26,21 @@ from navee_jax.data.sources import DUPLICATES
 from navee_jax.errors import UserError
 from navee_jax.evaluate.baselines import BASELINES
 from navee_jax.evaluate.fewshot import CLASSIFIERS
-from navee_jax.losses.distances import METRICS
+from navee_jax.distances import METRICS
 from navee_jax.losses.triplet import MINERS
 from navee_jax.models import BACKBONES, COMPUTE_DTYPES
 from navee_jax.models.conv4 import NUM_BLOCKS
 from navee_jax.models.koch import _CONVS as KOCH_CONVS
 from navee_jax.models.vgg import _VGG16, CLASSIFIER_LAYERS
-from navee_jax.train.objectives import SAMPLERS
+from navee_jax.method import available_methods, method_of
 
 # Enumerations that exist only as literals where they are used:
 SOURCES = ("digits", "folder", "styles_csv")  # navee_jax.data.sources.load_catalogue, plus 'tfds:<name>'
 RESIZE_MODES = ("squash", "pad")  # navee_jax.data.pipeline._image_fn
 SPLIT_MODES = ("classes", "groups", "partial")  # navee_jax.data.splits.heldout_classes
-SAMPLER_KINDS = tuple(dict.fromkeys(k for kinds in SAMPLERS.values() for k in kinds))  # what some loss trains on
+SAMPLER_KINDS = ("pk", "pairs", "triplets", "episodes", "tasks")  # what navee_jax.data.pipeline batches
 
-# The loss keys each objective reads (navee_jax.train.objectives, navee_jax.meta.train); a config without one
+# The loss keys each objective reads (navee_jax.losses.*, navee_jax.meta.train); a config without one
 # would fail with an AttributeError once the data has loaded. params_lr_multiplier is read with a default.
 LOSS_KEYS = {
     "triplet": ("margin", "miner", "metric", "top_fraction"),
@@ -149,7 +149,7 @@ RULES: dict[str, Rule] = {
     "model.frozen_batchnorm": BOOL,
     "model.frozen_stages": tuple_of(text(), example="('conv1', 'bn1', 'layer1')"),  # names checked in CROSS
     "model.head_batchnorm": BOOL,
-    "sampler.kind": one_of(SAMPLER_KINDS),  # which of them loss.name accepts: CROSS
+    "sampler.kind": one_of(SAMPLER_KINDS),  # which of them the method (and loss) trains on: CROSS
     "sampler.classes_per_batch": integer(1),
     "sampler.images_per_class": integer(1),
     "sampler.ways": integer(2),  # a 1-way episode has nothing to tell apart
@@ -177,7 +177,8 @@ RULES: dict[str, Rule] = {
     "eval.classifiers": tuple_of(one_of(CLASSIFIERS), example="('1nn', 'prototype')"),
     "eval.baselines": tuple_of(one_of(BASELINES), example="('raw pixels', 'HOG')"),
     "eval.metric": one_of(METRICS),  # --mode=evaluate's retrieval distance
-    "loss.name": one_of(SAMPLERS),
+    "method": text(),  # a registered method: CROSS
+    "loss.name": text(),  # the method's to check: metric learning's are the registered losses
     "loss.margin": number(0),
     "loss.miner": one_of(MINERS),  # an unknown miner would only fail inside the jitted step
     "loss.top_fraction": FRACTION,
@@ -189,7 +190,7 @@ RULES: dict[str, Rule] = {
     "loss.epsilon": number(0),
     "loss.delta": number(0),
     "loss.params_lr_multiplier": number(0),  # 0 keeps the proxies / Meta-SGD step sizes at their start
-    # MAML's ranges are navee_jax.meta.train.check_config's (CROSS); here only the types its comparisons need.
+    # MAML's ranges are its Method.check_config's (CROSS); here only the types its comparisons need.
     "loss.inner_steps": integer(),
     "loss.inner_lr": number(),
     "loss.eval_inner_steps": integer(),
@@ -249,12 +250,32 @@ def _min_image_size(c: ml_collections.ConfigDict) -> str | None:
     return None
 
 
-def _maml_settings(c: ml_collections.ConfigDict) -> str | None:
-    """MAML's own rules (backbone, head, BatchNorm, ...) are navee_jax.meta.train's: it raises its one line."""
-    if c.loss.name == "maml":
-        from navee_jax.meta.train import check_config as check_maml
+def _method(c: ml_collections.ConfigDict) -> str | None:
+    name = c.get("method", "metric_learning")
+    return None if name in available_methods() else f"unknown method; available: {available_methods()}"
 
-        check_maml(c)
+
+def _loss_name(c: ml_collections.ConfigDict) -> str | None:
+    try:
+        method_of(c).sampler_kinds(c)  # metric learning's are its registered losses'
+    except UserError as e:
+        return str(e).removeprefix("loss.name: ")
+    return None
+
+
+def _sampler_kind(c: ml_collections.ConfigDict) -> str | None:
+    kinds = method_of(c).sampler_kinds(c)
+    return None if c.sampler.kind in kinds else f"{_trainer(c)} trains on {list(kinds)}"
+
+
+def _trainer(c: ml_collections.ConfigDict) -> str:
+    name = c.get("method", "metric_learning")
+    return f"loss.name={c.loss.name!r}" if name == "metric_learning" else f"method={name!r}"
+
+
+def _method_settings(c: ml_collections.ConfigDict) -> str | None:
+    """A method's own rules (MAML's backbone, head, BatchNorm, ...): it raises its one line."""
+    method_of(c).check_config(c)
     return None
 
 
@@ -280,8 +301,9 @@ def _frozen_stages(c: ml_collections.ConfigDict) -> str | None:
 
 # (the key a message names, config -> what is wrong or None), checked in order once every RULES key passed.
 CROSS: list[tuple[str, Callable[[ml_collections.ConfigDict], str | None]]] = [
-    ("sampler.kind", lambda c: None if c.sampler.kind in SAMPLERS[c.loss.name] else
-     f"loss.name={c.loss.name!r} trains on {list(SAMPLERS[c.loss.name])}"),  # train.objectives.make_objective
+    ("method", _method),
+    ("loss.name", _loss_name),
+    ("sampler.kind", _sampler_kind),
     ("data.root", lambda c: None if c.data.root or c.data.source not in ("folder", "styles_csv") else
      f"data.source={c.data.source!r} reads its images from data.root: pass --config.data.root=/path/to/images"),
     ("data.label_column", lambda c: None if c.data.label_column or c.data.source != "styles_csv" else
@@ -304,7 +326,7 @@ CROSS: list[tuple[str, Callable[[ml_collections.ConfigDict], str | None]]] = [
     ("model.in_channels", lambda c: None if c.model.in_channels == 3 or c.data.grayscale or c.data.binarize else
      "1 needs grayscale images: set data.grayscale=True (or data.binarize=True)"),  # train.step.image_normalizer
     ("data.image_size", _min_image_size),
-    ("loss.name", _maml_settings),
+    ("method", _method_settings),
     ("model.frozen_stages", _frozen_stages),  # last: it builds the (abstract) network from the checked keys
 ]
 

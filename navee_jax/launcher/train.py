@@ -7,59 +7,47 @@ import json
 import math
 import os
 import time
-from typing import Callable
+from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
-import optax
-from flax import nnx
 
+from navee_jax.checkpoints import Checkpoints, UnreadableCheckpoint
 from navee_jax.cli import interrupts_deferred, raise_if_interrupted
 from navee_jax.data.catalogue import Catalogue
 from navee_jax.data.sources import load_catalogue
 from navee_jax.data.splits import Split, make_split, write_split
 from navee_jax.errors import UserError
-from navee_jax.evaluate.heldout import HeldoutEvaluator
-from navee_jax.meta import train as meta_train
-from navee_jax.meta.evaluate import FineTuneEpisodes, MamlHeldoutEvaluator
-from navee_jax.models import build_model
-from navee_jax.train.checkpoints import Checkpoints, UnreadableCheckpoint
-from navee_jax.train.progress import Progress
-from navee_jax.train.objectives import Objective, epoch_batches, images_per_step, make_objective
-from navee_jax.train.sharding import check_divisible, make_mesh, replicated, shard_step_batch
-from navee_jax.train.step import TrainState, image_normalizer, init_train_state, make_embed_fn, make_train_step
-
-# The held-out evaluators' few-shot reports and how the final lines name them.
-FEW_SHOT_KEYS = {"few_shot_1nn": "1-NN", "few_shot_maml": "MAML fine-tuned"}
+from navee_jax.evaluate.evaluator import evaluate_all
+from navee_jax.evaluate.records import FewShotCell
+from navee_jax.fingerprint import difference, flat
+from navee_jax.launcher.progress import Progress
+from navee_jax.method import Trainer, method_of
+from navee_jax.sharding import check_divisible, make_mesh, shard_step_batch
 
 # Below this embedding spread (see train.step.embedding_spread) the run is reported as collapsed.
 COLLAPSE_SPREAD = 1e-2
 
+# How the final lines name the classifiers of the held-out few-shot cells.
+CLASSIFIER_NAMES = {"1nn": "1-NN", "knn": "k-NN"}
+
 # Config sections (and keys) a checkpoint depends on: resuming with any of them changed is refused.
-_RESUME_MUST_MATCH = ("seed", "data", "split", "model", "loss", "sampler")
+_RESUME_MUST_MATCH = ("seed", "method", "data", "split", "model", "loss", "sampler")
 _RESUME_MUST_MATCH_KEYS = ("train.steps_per_epoch",)  # epoch <-> step bookkeeping
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
 def _resume_fingerprint(config: ml_collections.ConfigDict) -> dict:
-    full = _flat(json.loads(config.to_json()))
+    full = flat(json.loads(config.to_json()))
     return {k: v for k, v in full.items() if k.split(".")[0] in _RESUME_MUST_MATCH or k in _RESUME_MUST_MATCH_KEYS}
 
 
 def _check_resumable(saved: dict, config: ml_collections.ConfigDict, where: str) -> None:
-    now = _resume_fingerprint(config)
-    diff = [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
-    if diff:
-        k = diff[0]
-        raise UserError(f"{where} was trained with {k}={saved.get(k)!r} but the config now says {now.get(k)!r} "
-                        f"({len(diff)} differing key(s)); use the same config or a fresh --workdir")
+    found = difference(saved, _resume_fingerprint(config))
+    if found:
+        k, was, now, count = found
+        raise UserError(f"{where} was trained with {k}={was!r} but the config now says {now!r} "
+                        f"({count} differing key(s)); use the same config or a fresh --workdir")
 
 
 def _write_json(path: str, obj) -> None:
@@ -92,66 +80,30 @@ class Setup:
     catalogue: Catalogue
     split: Split
     mesh: jax.sharding.Mesh
-    objective: Objective
     steps_per_epoch: int
-    schedule: optax.Schedule
-    graphdef: nnx.GraphDef
-    eval_graphdef: nnx.GraphDef
-    state: TrainState  # freshly initialised (or pretrained) and replicated on the mesh
-    train_step: Callable
-    embed_fn: Callable
-    evaluator: HeldoutEvaluator  # held-out mAP and few-shot episodes, after each epoch and in --mode=evaluate
+    trainer: Trainer
 
 
 def build_setup(config: ml_collections.ConfigDict) -> Setup:
-    if config.loss.name == "maml":
-        meta_train.check_config(config)  # before the data loads: a bad setting is one line, at once
+    method = method_of(config)
+    method.check_config(config)  # before the data loads: a bad setting is one line, at once
     catalogue, split = prepare_data(config)
     mesh = make_mesh()
-    objective = make_objective(config, catalogue.labels[split.train])
-    batch_size = images_per_step(config)
-    if objective.sampler == "tasks":  # the task axis is what is sharded
-        check_divisible(config.sampler.tasks_per_batch, mesh, "sampler.tasks_per_batch")
-    else:
-        check_divisible(batch_size, mesh, f"the images per {config.sampler.kind} batch")
     check_divisible(config.eval.batch_size, mesh, "eval.batch_size")
-    steps_per_epoch = config.train.steps_per_epoch or math.ceil(len(split.train) / batch_size)
-    schedule = optax.exponential_decay(
-        config.optim.lr, transition_steps=max(1, config.optim.decay_every_epochs * steps_per_epoch),
-        decay_rate=config.optim.decay_factor, staircase=True)
-    tx = optax.adamw(schedule, weight_decay=config.optim.weight_decay)
-    # The loss's own parameters (proxies, Meta-SGD's step sizes) learn at loss.params_lr_multiplier x the
-    # schedule, no decay.
-    loss_tx = optax.adam(lambda count: schedule(count) * config.loss.get("params_lr_multiplier", 1.0))
-    prepare = image_normalizer(config.data, config.model.in_channels)
-    if objective.loss is None:  # MAML: a meta-step on the parameters (navee_jax.meta)
-        model = meta_train.build_network(config, nnx.Rngs(config.seed))
-        graphdef, state = meta_train.init_state(model, tx, loss_tx, config.loss)
-        embed_fn = meta_train.make_feature_fn(graphdef, mesh, prepare)
-        fine_tune = FineTuneEpisodes(catalogue, split, config, graphdef, mesh, prepare)
-        return Setup(catalogue, split, mesh, objective, steps_per_epoch, schedule, graphdef, graphdef,
-                     jax.device_put(state, replicated(mesh)),
-                     meta_train.make_meta_step(graphdef, tx, loss_tx, mesh, prepare, config), embed_fn,
-                     MamlHeldoutEvaluator(catalogue, split, config, embed_fn, mesh, fine_tune))
-    model = build_model(config.model, nnx.Rngs(config.seed), config.data.image_size)
-    frozen = tuple(config.model.frozen_stages)
-    graphdef, eval_graphdef, state = init_train_state(model, tx, config.model.frozen_batchnorm, frozen,
-                                                      objective.init_params(jax.random.key(config.seed)), loss_tx)
-    embed_fn = make_embed_fn(eval_graphdef, mesh, prepare)
-    return Setup(catalogue, split, mesh, objective, steps_per_epoch, schedule, graphdef, eval_graphdef,
-                 jax.device_put(state, replicated(mesh)),
-                 make_train_step(graphdef, tx, objective.loss, mesh, prepare, frozen, loss_tx), embed_fn,
-                 HeldoutEvaluator(catalogue, split, config, embed_fn, mesh))
+    steps_per_epoch = config.train.steps_per_epoch or math.ceil(len(split.train) / method.images_per_step(config))
+    return Setup(catalogue, split, mesh, steps_per_epoch, method.build(config, catalogue, split, mesh, steps_per_epoch))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains, checkpoints each epoch, evaluates on held-out classes; returns what metrics.json holds."""
     setup = build_setup(config)
-    catalogue, split, mesh, state = setup.catalogue, setup.split, setup.mesh, setup.state
-    steps_per_epoch, schedule, train_step = setup.steps_per_epoch, setup.schedule, setup.train_step
+    trainer, mesh, split, steps_per_epoch = setup.trainer, setup.mesh, setup.split, setup.steps_per_epoch
+    catalogue, state = setup.catalogue, trainer.state
     num_epochs = config.train.num_epochs
     total_steps = num_epochs * steps_per_epoch
-    evaluate = setup.evaluator
+
+    def evaluate(state, final: bool) -> dict:
+        return evaluate_all(trainer.evaluators, state, final)
 
     os.makedirs(workdir, exist_ok=True)
     ckpt = Checkpoints(workdir, config.train.keep_checkpoints)
@@ -166,22 +118,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             print(f"resuming from checkpoint step {latest} (epoch {start_epoch}/{num_epochs}) in {ckpt.directory}")
         else:
             start_epoch, history = 0, []
-            initial = evaluate(state)
+            initial = evaluate(state, final=True)
             print(f"epoch 0/{num_epochs} held-out mAP {initial['map']:.4f} (at initialisation)")
 
-        report = IntervalReport(Progress(total_steps, start_epoch * steps_per_epoch), writer, config, schedule)
+        report = IntervalReport(Progress(total_steps, start_epoch * steps_per_epoch), writer, config,
+                                trainer.schedule)
         train_start, result = time.perf_counter(), None
         for epoch in range(start_epoch, num_epochs):
             pending, loss_sum = [], 0.0
-            for i, batch in enumerate(epoch_batches(catalogue, split.train, config, epoch, steps_per_epoch)):
+            for i, batch in enumerate(trainer.batches(epoch, steps_per_epoch)):
                 raise_if_interrupted()  # a signal whose exception was swallowed (e.g. in a __del__) stops here
-                state, metrics = train_step(state, shard_step_batch(batch, mesh))
+                state, metrics = trainer.train_step(state, shard_step_batch(batch, mesh, trainer.replicated_keys))
                 pending.append(metrics)
                 step = epoch * steps_per_epoch + i + 1
                 if step % config.train.log_every == 0 or i + 1 == steps_per_epoch:
                     loss_sum += report(pending, step, epoch + 1, num_epochs) * len(pending)
                     pending = []
-            result = evaluate(state, few_shot=epoch + 1 == num_epochs)  # the last epoch's is the final one
+            result = evaluate(state, final=epoch + 1 == num_epochs)  # the last epoch's is the final one
             epoch_map = result["map"]
             history.append({"epoch": epoch + 1, "step": step, "map": epoch_map, "loss": loss_sum / steps_per_epoch})
             meta = {"epoch": epoch + 1, "history": history, "initial": initial,
@@ -197,26 +150,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if writer is not None:
             writer.close()
 
-    final = result or evaluate(state)  # a run resumed after its last epoch has no result yet
+    final = result or evaluate(state, final=True)  # a run resumed after its last epoch has no result yet
     results = {"final": final, "initial": initial, "history": history, "steps": total_steps,
                "best_epoch": max(history, key=lambda h: h["map"]) if history else None}
     _write_json(os.path.join(workdir, "metrics.json"), results)
     print(f"final held-out mAP {final['map']:.4f} (at initialisation {initial['map']:.4f}) "
           f"over {final['queries_scored']} queries")
-    for key, how in FEW_SHOT_KEYS.items():
-        for name, r in final.get(key, {}).items():
-            was = initial.get(key, {}).get(name, {})
-            print(f"{name} {how} accuracy " + (
-                f"{r['accuracy']:.4f} +- {r['ci95']:.4f} ({r['episodes']} episodes; "
-                + (f"{was['accuracy']:.4f} at initialisation)" if "accuracy" in was else "not run at initialisation)")
-                if "accuracy" in r else f"skipped: {r['skipped']}"))
+    print_few_shot_lines(final["few_shot"], initial["few_shot"])
     print(f"trained {total_steps - start_epoch * steps_per_epoch} steps in {time.perf_counter() - train_start:.1f}s; "
           f"wrote {os.path.join(workdir, 'metrics.json')}")
     return results
 
 
-def _restore_newest_readable(ckpt: Checkpoints, state: TrainState, config: ml_collections.ConfigDict,
-                             workdir: str) -> tuple[int | None, dict | None, TrainState]:
+def print_few_shot_lines(final: list[dict], initial: list[dict]) -> None:
+    """One line per final few-shot cell, beside the same cell at initialisation."""
+    before = {(c["ways"], c["shots"], c["classifier"]): FewShotCell.from_dict(c) for c in initial}
+    for cell in map(FewShotCell.from_dict, final):
+        was = before.get((cell.ways, cell.shots, cell.classifier))
+        how = CLASSIFIER_NAMES.get(cell.classifier, cell.classifier)
+        if cell.skipped:
+            print(f"{cell.name} {how} accuracy skipped: {cell.skipped}")
+            continue
+        then = (f"{was.mean:.4f} at initialisation" if was is not None and not was.skipped
+                else "not run at initialisation")
+        print(f"{cell.name} {how} accuracy {cell.mean:.4f} +- {cell.ci95:.4f} ({cell.episodes} episodes; {then})")
+
+
+def _restore_newest_readable(ckpt: Checkpoints, state: Any, config: ml_collections.ConfigDict,
+                             workdir: str) -> tuple[int | None, dict | None, Any]:
     """(step, metadata, state) of the newest checkpoint whose files read, or (None, None, `state`) when there
     is none. Unreadable steps are moved aside (kept for the user) and said so; a readable checkpoint of
     another config is refused."""
@@ -253,7 +214,7 @@ class IntervalReport:
         """Returns the interval's mean loss."""
         logged = {**average_finite_metrics(pending, step, self.config), "lr": float(self.schedule(step - 1))}
         print(self.progress.line(step, epoch, num_epochs, logged))
-        # MAML's step reports no embedding spread: its network outputs class logits, not embeddings.
+        # A step whose network outputs class logits, not embeddings (a meta-step), reports no spread.
         if logged.get("spread", math.inf) < COLLAPSE_SPREAD and not self.warned_collapse:
             self.warned_collapse = True
             print(f"warning: the embedding has collapsed at step {step} (all training images map to nearly one "

@@ -6,7 +6,7 @@ inserts the gradient all-reduce; losses see the global batch, so mining crosses 
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 import jax
 import numpy as np
@@ -40,9 +40,20 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
 
 
-def shard_step_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """A train step's batch: `images` and every array of the same length sharded on `data` (this
-    process's share), arrays of another length (an episode's support labels) replicated."""
-    n = len(batch["images"])
-    return {k: jax.make_array_from_process_local_data(batch_sharded(mesh) if len(v) == n else replicated(mesh), v)
+def shard_step_batch(batch: dict[str, np.ndarray], mesh: Mesh,
+                     replicated_keys: Collection[str] = ()) -> dict[str, jax.Array]:
+    """A train step's batch (this process's share of it) as global arrays: every array sharded on `data`
+    along its leading axis, except `replicated_keys` (e.g. an episode's labels, whole on every process)."""
+    return {k: jax.make_array_from_process_local_data(replicated(mesh) if k in replicated_keys
+                                                      else batch_sharded(mesh), v)
             for k, v in batch.items()}
+
+
+def process_share(batch: np.ndarray, process_index: int, process_count: int, axis: int = 0) -> np.ndarray:
+    """This process's contiguous share of a global batch laid out along `axis`, as
+    jax.make_array_from_process_local_data expects for a batch sharded on its leading axis."""
+    width = batch.shape[axis]
+    if width % process_count:
+        raise UserError(f"global batch {width} is not divisible by {process_count} processes")
+    per = width // process_count
+    return np.take(batch, np.arange(process_index * per, (process_index + 1) * per), axis=axis)

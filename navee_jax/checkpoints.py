@@ -6,6 +6,7 @@ and retention is exactly the latest `keep_last` steps plus the best one, whateve
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from typing import Any
@@ -41,8 +42,8 @@ class Checkpoints:
 
         best = dict(best_fn=rank, best_mode="max")
         self.read_only = keep_last is None
-        if self.read_only:  # never saves, so its (default) policy never deletes; Orbax's read_only logs warnings
-            options = ocp.CheckpointManagerOptions(create=False, **best)
+        if self.read_only:  # Orbax's read-only manager: it never saves or deletes
+            options = ocp.CheckpointManagerOptions(read_only=True, save_interval_steps=0, create=False, **best)
         else:
             keep = policy.AnyPreservationPolicy([
                 policy.LatestN(keep_last),
@@ -50,7 +51,12 @@ class Checkpoints:
                 policy.BestN(get_metric_fn=rank, n=1, keep_checkpoints_without_metrics=True),
             ])
             options = ocp.CheckpointManagerOptions(preservation_policy=keep, cleanup_tmp_directories=True, **best)
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        quiet = _WithoutReadOnlyNotice()
+        logging.getLogger("absl").addFilter(quiet)  # it says "directory is read only", which we asked for
+        try:
+            self.manager = ocp.CheckpointManager(self.directory, options=options)
+        finally:
+            logging.getLogger("absl").removeFilter(quiet)
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -137,3 +143,8 @@ class Checkpoints:
 def _first_line(e: Exception) -> str:
     text = str(e).strip()
     return text.splitlines()[0][:300] if text else type(e).__name__
+
+
+class _WithoutReadOnlyNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "read only" not in record.getMessage()

@@ -5,9 +5,9 @@ Feature sources: the trained embedding (`--checkpoint=best|latest|<step>`, the b
 mAP by default; `--checkpoint=none` leaves it out, and a workdir without that checkpoint is an error), the
 network at initialisation (untrained, or `model.pretrained` weights), and the `eval.baselines` on pixels
 ('raw pixels', 'HOG'). Each gets retrieval metrics (mAP, MAP@R, Recall@K), the N x K grid with 1-NN and the
-standard 5-way 1-/5-shot protocol with every `eval.classifiers`. For MAML the features are Conv-4's
-(navee_jax.meta.train.make_feature_fn), and the standard protocol adds the `sampler.ways`-way 1-/5-shot
-cells of fine-tuning on each episode ("maml fine-tuning", navee_jax.meta.evaluate).
+standard 5-way 1-/5-shot protocol with every `eval.classifiers`. The features are the method's
+(`Trainer.embed_fn`), and a method with a classifier of its own adds its standard-protocol cells
+(`Trainer.protocol_cells`, e.g. fine-tuning on each episode).
 """
 
 from __future__ import annotations
@@ -27,19 +27,11 @@ from navee_jax.evaluate.baselines import BASELINES, features_for
 from navee_jax.evaluate.fewshot import few_shot_grid, standard_protocol
 from navee_jax.evaluate.report import write_report
 from navee_jax.evaluate.retrieval import retrieval_metrics
-from navee_jax.train.checkpoints import Checkpoints
-from navee_jax.train.loop import Setup, build_setup
+from navee_jax.checkpoints import Checkpoints
+from navee_jax.evaluate.heldout import HeldoutEvaluator
+from navee_jax.launcher.train import Setup, build_setup
 
 NO_CHECKPOINT = "none"  # --checkpoint=none: no trained network, only the initial one and the baselines
-
-
-def _cells(named: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """{"5-way 1-shot": cell} -> [{"ways": 5, "shots": 1, **cell}] (the report's and figures' form)."""
-    out = []
-    for name, cell in named.items():
-        ways, shots = map(int, re.match(r"(\d+)-way (\d+)-shot", name).groups())
-        out.append({"ways": ways, "shots": shots, **cell})
-    return out
 
 
 def check_evaluable(workdir: str, checkpoint: str) -> int | None:
@@ -72,7 +64,7 @@ def _restore(setup: Setup, workdir: str, checkpoint: str) -> tuple[Any, str] | N
     ckpt = Checkpoints(workdir)  # read-only: evaluation never deletes a checkpoint
     try:
         meta = ckpt.restore_meta(step)
-        state = ckpt.restore(step, setup.state)
+        state = ckpt.restore(step, setup.trainer.state)
     finally:
         ckpt.close()
     return state, f"{checkpoint} checkpoint: step {step}, epoch {meta['epoch']}"
@@ -81,16 +73,15 @@ def _restore(setup: Setup, workdir: str, checkpoint: str) -> tuple[Any, str] | N
 def _evaluate_source(support: np.ndarray, query: np.ndarray, support_labels: np.ndarray, query_labels: np.ndarray,
                      config: ml_collections.ConfigDict) -> dict[str, Any]:
     e = config.eval
-    standard = []
-    for classifier in e.classifiers:
-        cells = _cells(standard_protocol(support, support_labels, query, query_labels, classifier=classifier,
-                                         queries=e.queries_per_class, episodes=e.standard_episodes, seed=config.seed))
-        standard += [{"classifier": classifier, **c} for c in cells]
+    standard = [cell.to_dict() for classifier in e.classifiers
+                for cell in standard_protocol(support, support_labels, query, query_labels, classifier=classifier,
+                                              queries=e.queries_per_class, episodes=e.standard_episodes,
+                                              seed=config.seed)]
     grid = few_shot_grid(support, support_labels, query, query_labels, ways=tuple(e.grid_ways),
                          shots=tuple(e.grid_shots), queries=e.queries_per_class, episodes=e.episodes,
                          seed=config.seed)
     return {"retrieval": retrieval_metrics(query, query_labels, support, support_labels, metric=e.metric),
-            "standard": standard, "grid": _cells(grid)}
+            "standard": standard, "grid": [cell.to_dict() for cell in grid]}
 
 
 def evaluate_run(config: ml_collections.ConfigDict, workdir: str, checkpoint: str = "best") -> dict:
@@ -99,16 +90,16 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, checkpoint: st
     if unknown:
         raise UserError(f"eval.baselines: {unknown} unknown; available: {sorted(BASELINES)}")
     setup = build_setup(config)
-    catalogue, split = setup.catalogue, setup.split
+    catalogue, split, trainer = setup.catalogue, setup.split, setup.trainer
     support_labels, query_labels = catalogue.labels[split.support], catalogue.labels[split.query]
-    evaluator = setup.evaluator
+    features = HeldoutEvaluator(catalogue, split, config, trainer.embed_fn, setup.mesh)
 
     networks = {}
     restored = _restore(setup, workdir, checkpoint)
     if restored is not None:
         networks["trained embedding"] = (restored[0], restored[1])
     initial = "pretrained network" if config.model.pretrained else "untrained network"
-    networks[initial] = (setup.state, f"{config.model.backbone} at initialisation")
+    networks[initial] = (trainer.state, f"{config.model.backbone} at initialisation")
 
     report_dir = os.path.join(workdir, "report")
     os.makedirs(report_dir, exist_ok=True)
@@ -120,7 +111,7 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, checkpoint: st
     figs: dict[str, str] = {}
     embedded: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for name, (state, note) in networks.items():
-        emb = evaluator.embed(state)
+        emb = features.embed(state)
         embedded[name] = emb[:len(split.support)], emb[len(split.support):]
         results["sources"][name] = {"note": note}
     for name in config.eval.baselines:
@@ -136,12 +127,11 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, checkpoint: st
         figs[f"{name}: N-way K-shot 1-NN accuracy"] = figures.accuracy_heatmap(
             results["sources"][name]["grid"], os.path.join(report_dir, f"grid_{slug}.png"), title=name)
 
-    fine_tune = getattr(evaluator, "fine_tune", None)  # MAML: fine-tune on each episode's support set
-    if fine_tune is not None:
+    if trainer.protocol_cells is not None:  # the method's own classifier, e.g. fine-tuning on each episode
         for name, (state, _) in networks.items():
-            print(f"evaluate: {name}, MAML fine-tuning")
-            cells = fine_tune(state, (1, 5), config.eval.standard_episodes, config.seed)
-            results["sources"][name]["standard"] += [{"classifier": "maml fine-tuning", **c} for c in _cells(cells)]
+            print(f"evaluate: {name}, the method's own classifier")
+            cells = trainer.protocol_cells(state, config.eval.standard_episodes, config.seed)
+            results["sources"][name]["standard"] += [cell.to_dict() for cell in cells]
 
     main = next(iter(embedded))  # the trained embedding when there is one, else the initial network
     support, query = embedded[main]
@@ -162,8 +152,8 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, checkpoint: st
 
     json_path, md_path = write_report(report_dir, results, figs)
     for name, r in results["sources"].items():
-        shot = "".join(f"; {c['ways']}-way 1-shot {c['classifier']} {c['accuracy']:.4f}"
-                       for c in r["standard"] if c["shots"] == 1 and "accuracy" in c)
+        shot = "".join(f"; {c['ways']}-way 1-shot {c['classifier']} {c['mean']:.4f}"
+                       for c in r["standard"] if c["shots"] == 1 and "skipped" not in c)
         print(f"{name}: mAP {r['retrieval']['map']:.4f}{shot}")
     print(f"wrote {md_path} and {json_path}")
     return results

@@ -23,7 +23,7 @@ METRICS: tuple[str, ...] = ("euclidean", "squared", "cosine")
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
-def _safe_sqrt(d2: jax.Array) -> jax.Array:
+def safe_sqrt(d2: jax.Array) -> jax.Array:
     # d/dx sqrt(x) is infinite at 0; coincident embeddings would turn gradients into NaN.
     # The double where gives sqrt's value everywhere and a zero gradient at exactly 0; the
     # `0 * d2` branch lets a NaN distance stay NaN instead of being silently read as 0.
@@ -37,7 +37,7 @@ def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
     A zero vector maps to the zero vector with a finite gradient (x / eps: large, but finite, since the
     direction of a zero vector is undefined); NaN entries propagate.
     """
-    norm = _safe_sqrt(jnp.sum(jnp.square(x), axis=axis, keepdims=True))
+    norm = safe_sqrt(jnp.sum(jnp.square(x), axis=axis, keepdims=True))
     return x / jnp.maximum(norm, eps)
 
 
@@ -65,7 +65,7 @@ def pairwise_distances(x: jax.Array, y: jax.Array, metric: Metric = "euclidean")
     if metric == "cosine":
         return 1.0 - cosine_similarity(x, y)
     d2 = jax.vmap(lambda xi: jnp.sum(jnp.square(xi - y), axis=-1))(x)
-    return d2 if metric == "squared" else _safe_sqrt(d2)
+    return d2 if metric == "squared" else safe_sqrt(d2)
 
 
 def paired_distances(x: jax.Array, y: jax.Array, metric: Metric = "euclidean") -> jax.Array:
@@ -74,7 +74,7 @@ def paired_distances(x: jax.Array, y: jax.Array, metric: Metric = "euclidean") -
     if metric == "cosine":
         return 1.0 - jnp.sum(l2_normalize(x) * l2_normalize(y), axis=-1)
     d2 = jnp.sum(jnp.square(x - y), axis=-1)
-    return d2 if metric == "squared" else _safe_sqrt(d2)
+    return d2 if metric == "squared" else safe_sqrt(d2)
 
 
 def same_label_mask(labels_x: jax.Array, labels_y: jax.Array) -> jax.Array:
@@ -128,3 +128,9 @@ def top_fraction_mask(scores: jax.Array, valid: jax.Array, fraction: float | jax
     k = jnp.clip(wanted.astype(jnp.int32), jnp.minimum(num_valid, 1), num_valid)
     selected = flat_valid & (ranks < k)
     return selected.reshape(scores.shape), k
+
+
+def log1p_sum_exp(x: jax.Array, mask: jax.Array) -> jax.Array:
+    """Row-wise log(1 + sum_{mask} exp(x)), stably: a logsumexp that includes a zero term."""
+    masked = jnp.where(mask, x, -jnp.inf)
+    return jax.nn.logsumexp(jnp.concatenate([jnp.zeros_like(x[:, :1]), masked], axis=1), axis=1)

@@ -10,7 +10,7 @@ import dataclasses
 import ml_collections
 
 from navee_jax.cli import fail
-from navee_jax.config_check import check_config
+from navee_jax.launcher.config_check import check_config
 from navee_jax.errors import UserError
 from navee_jax.workdir_lock import WorkdirLock
 
@@ -38,13 +38,13 @@ def check_command(command: Command) -> list:
     check_config(command.config)
     axes = []
     if command.sweep:
-        from navee_jax.train.sweep import configure, parse_sweep, settings
+        from navee_jax.launcher.sweep import configure, parse_sweep, settings
 
         axes = parse_sweep(list(command.sweep), command.config)
         for setting in settings(axes):
             check_config(configure(command.config, setting))
     if command.mode == "evaluate":
-        from navee_jax.evaluate.run import check_evaluable
+        from navee_jax.launcher.evaluate import check_evaluable
 
         check_evaluable(command.workdir, command.checkpoint)
     return axes
@@ -52,14 +52,14 @@ def check_command(command: Command) -> list:
 
 def _dispatch(command: Command, axes: list) -> None:
     if command.mode == "evaluate":
-        from navee_jax.evaluate.run import evaluate_run
+        from navee_jax.launcher.evaluate import evaluate_run
 
         evaluate_run(command.config, command.workdir, command.checkpoint)
         return
-    from navee_jax.train.loop import train_and_evaluate
+    from navee_jax.launcher.train import train_and_evaluate
 
     if axes:
-        from navee_jax.train.sweep import run_sweep
+        from navee_jax.launcher.sweep import run_sweep
 
         run_sweep(command.config, command.workdir, axes, train_and_evaluate)
     else:
