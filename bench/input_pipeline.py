@@ -52,15 +52,17 @@ def train_step_images_per_second(steps: int = 3) -> float:
     import optax
     from flax import nnx
 
-    from navee_jax.models import build_model
-    from navee_jax.losses import make_objective
-    from navee_jax.sharding import make_mesh, replicated, shard_step_batch
+    from navee_jax.backend import cpu_tuned
     from navee_jax.embed import image_normalizer
+    from navee_jax.losses import make_objective
+    from navee_jax.models import build_model
+    from navee_jax.sharding import make_mesh, replicated, shard_step_batch
     from navee_jax.train.step import init_train_state, make_train_step
 
     cfg = triplet.get_config()
     mesh, tx = make_mesh(), optax.adam(1e-4)
-    graphdef, _, state = init_train_state(build_model(cfg.model, nnx.Rngs(0), cfg.data.image_size), tx)
+    model = build_model(cfg.model, nnx.Rngs(0), cfg.data.image_size, cpu_tuned=cpu_tuned(mesh))  # as training does
+    graphdef, _, state = init_train_state(model, tx)
     state = jax.device_put(state, replicated(mesh))
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(BATCH, SIZE, SIZE, 3), dtype=np.uint8)
