@@ -98,7 +98,8 @@ def test_resnet18_gradients_match_torchvision(cpu_tuned):
         errors[name] = relative_error(grad, torch_params[name].grad.numpy())
     assert len(errors) == 1 + len(torch_params)
     worst = max(errors, key=errors.get)
-    print(f"resnet18 gradients ({'cpu-tuned' if cpu_tuned else 'plain'}): worst relative error {errors[worst]:.2e} ({worst})")
+    path = "cpu-tuned" if cpu_tuned else "plain"
+    print(f"resnet18 gradients ({path}): worst relative error {errors[worst]:.2e} ({worst})")
     assert errors[worst] <= MAX_RELATIVE_ERROR, worst
 
 

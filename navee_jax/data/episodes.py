@@ -13,11 +13,11 @@ Python loop), from a seeded `np.random.Generator`, in one of two modes:
   images any eligible class has) query images per class; a class short of Q queries uses all of them and
   the remaining slots are padding (index 0, `query_mask` False), so every episode has the same shape.
   Too few eligible classes raise ValueError (the evaluation reports the cell as skipped).
-* one pool (training episodes). A class is eligible with more than Q = `queries` images. Each episode
-  draws N distinct eligible classes uniformly, then per class Q + K of its images without replacement in
-  random order (the same draw as above): the first Q are the queries, the next K the support set, so
-  support and queries are disjoint. A class with fewer than K images left after its queries uses all of them as support and
-  fills its remaining support slots with copies drawn uniformly (with replacement) from those images
+* one pool (training episodes). A class is eligible with more than Q = `queries` images. Each episode draws N
+  distinct eligible classes uniformly, then per class Q + K of its images without replacement in random
+  order (the same draw as above): the first Q are the queries, the next K the support set, so support and
+  queries are disjoint. A class with fewer than K images left after its queries uses all of them as support
+  and fills its remaining support slots with copies drawn uniformly (with replacement) from those images
   (made different by augmentation); `Episodes.filled` counts the copies. Too few eligible classes raise
   UserError.
 
