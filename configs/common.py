@@ -8,6 +8,10 @@ after ':' in --config=configs/X.py:variant):
 - 'omniglot_all': all ten alphabets of both background-small folders of ../shared/data/omniglot, the second
   copies of Greek and Latin skipped as exact duplicates: 242 distinct characters, 200 train and 42 unseen ones
   (enough for 20-way episodes) drawn by the seed are held out; otherwise as 'omniglot'.
+- 'omniglot_background': Omniglot's whole background set (30 alphabets, 964 characters x 20 drawers) from
+  ../shared/data/omniglot_background, the papers' protocol: 5 whole alphabets drawn by the seed are held out
+  for validation, and every training character rotated by 90, 180 and 270 degrees is a class of its own;
+  5-way episodes; otherwise as 'omniglot'.
 """
 
 import os
@@ -23,7 +27,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 SHARED_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.pardir, "shared", "data")
 OMNIGLOT = os.path.normpath(os.path.join(SHARED_DATA, "omniglot"))
 OMNIGLOT_KOREAN = os.path.join(OMNIGLOT, "images_background_small1", "Korean")
-VARIANTS = ("", "omniglot", "omniglot_all")
+OMNIGLOT_BACKGROUND = os.path.normpath(os.path.join(SHARED_DATA, "omniglot_background", "images_background"))
+VARIANTS = ("", "omniglot", "omniglot_all", "omniglot_background")
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
@@ -53,11 +58,15 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.data.fill = 1.0  # padding / rotation fill in [0, 1]: white, the background of product photos
     c.data.grayscale = False  # luminance on 3 channels
     c.data.binarize = False  # grayscale thresholded at 0.5 (Omniglot is 1-bit)
+    # Omniglot's standard protocol: each training class rotated by these angles (of 90, 180, 270) is a new
+    # training class; held-out classes are never rotated (navee_jax.data.rotations)
+    c.data.rotated_classes = ()
     # Training-time augmentation, each one off by default except the flip:
     c.data.flip = True  # random horizontal flip
     c.data.rotation_deg = 0.0  # random rotation in [-deg, +deg]
     c.data.crop_scale_min = 1.0  # < 1: random resized crop of [crop_scale_min, 1] of the area
     c.data.color_jitter = 0.0  # strength of random brightness / contrast / saturation
+    c.data.affine = False  # Koch's: rotate +-10 deg, shear +-0.3, scale 0.8-1.2, shift +-2 px at 105x105; each p=0.5
     c.data.mean = IMAGENET_MEAN
     c.data.std = IMAGENET_STD
 
@@ -122,11 +131,16 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.eval.classifiers = ("1nn", "prototype")  # logreg and mlp fit a model per episode: slower
     c.eval.baselines = ("raw pixels", "HOG")
     c.eval.metric = "euclidean"  # retrieval distance: euclidean | cosine
-    if variant in ("omniglot", "omniglot_all"):
+    if variant.startswith("omniglot"):
         _omniglot(c)
     if variant == "omniglot_all":
         c.data.root, c.data.group_level = OMNIGLOT, 1  # <folder>/<alphabet>/<character>: groups are alphabets
         c.split.num_heldout_classes = 42
+    if variant == "omniglot_background":
+        c.data.root, c.data.group_level = OMNIGLOT_BACKGROUND, 0  # <alphabet>/<character>
+        c.data.rotated_classes = (90, 180, 270)
+        c.split.mode, c.split.num_heldout_classes, c.split.num_heldout_groups = "groups", 0, 5
+        c.eval.ways = 5
     return c
 
 

@@ -40,7 +40,7 @@ def to_uint8(img):
 def needs_float(data: ml_collections.ConfigDict, train: bool) -> bool:
     """Whether the transforms `data` asks for must run in float; without them an image stays uint8 from
     decode to batch (only a resize, if its size differs, goes through float)."""
-    random_float = data.crop_scale_min < 1 or data.rotation_deg or data.color_jitter
+    random_float = data.crop_scale_min < 1 or data.rotation_deg or data.color_jitter or data.get("affine", False)
     return bool((train and random_float) or data.grayscale or data.binarize)
 
 
@@ -56,6 +56,69 @@ def rotate(img, angle, fill: float):
         images=img[None], transforms=transform[None], output_shape=tf.shape(img)[:2],
         fill_value=tf.constant(fill, tf.float32), interpolation="BILINEAR", fill_mode="CONSTANT")
     return out[0]
+
+
+# Koch, Zemel & Salakhutdinov (2015), "Siamese Neural Networks for One-shot Image Recognition": each
+# component of T = (theta, rho_x, rho_y, s_x, s_y, t_x, t_y) is drawn from these ranges with probability
+# 0.5, else left at the identity. Translations are in pixels at Koch's 105x105.
+KOCH_ROTATION_DEG = 10.0
+KOCH_SHEAR = 0.3
+KOCH_SCALE = (0.8, 1.2)
+KOCH_TRANSLATION_PX = 2.0
+KOCH_SIZE = 105
+AFFINE_IDENTITY = (0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0)  # (theta, rho_x, rho_y, s_x, s_y, t_x, t_y)
+
+
+def affine(img, params, fill: float):
+    """`img` (H, W, C) float under the affine map of `params` = (theta, rho_x, rho_y, s_x, s_y, t_x, t_y),
+    applied once, bilinear; output pixels that sample outside the image get `fill` (blended at the edge).
+
+    In pixel coordinates (x right, y down, pixel centres at integers, centre c = ((W-1)/2, (H-1)/2)) an
+    input point p goes to  c + R(theta) Sh(rho_x, rho_y) Sc(s_x, s_y) (p - c) + t:  first the scale
+    Sc = diag(s_x, s_y), then the shear Sh = [[1, rho_x], [rho_y, 1]], then the rotation R by `theta`
+    radians counter-clockwise on screen (as `rotate`), then the translation t = (t_x, t_y), in pixels of
+    `img` itself (y down). The op samples the inverse map (output -> input coordinates)."""
+    tf = tf_module()
+    p = tf.unstack(tf.cast(params, tf.float32))
+    theta, rho_x, rho_y, s_x, s_y, t_x, t_y = p
+    h, w = tf.cast(tf.shape(img)[0], tf.float32), tf.cast(tf.shape(img)[1], tf.float32)
+    cx, cy = (w - 1) / 2, (h - 1) / 2
+    cos, sin = tf.cos(theta), tf.sin(theta)
+    # Forward linear part M = R Sh Sc, with R = [[cos, sin], [-sin, cos]] (y down: counter-clockwise).
+    m00, m01 = (cos + sin * rho_y) * s_x, (cos * rho_x + sin) * s_y
+    m10, m11 = (-sin + cos * rho_y) * s_x, (-sin * rho_x + cos) * s_y
+    det = m00 * m11 - m01 * m10  # = s_x s_y (1 - rho_x rho_y) > 0 in Koch's ranges
+    a0, a1, b0, b1 = m11 / det, -m01 / det, -m10 / det, m00 / det  # M^-1
+    # Input = M^-1 (output - c - t) + c.
+    ox, oy = cx + t_x, cy + t_y
+    transform = tf.stack([a0, a1, cx - a0 * ox - a1 * oy, b0, b1, cy - b0 * ox - b1 * oy, 0.0, 0.0])
+    out = tf.raw_ops.ImageProjectiveTransformV3(
+        images=img[None], transforms=transform[None], output_shape=tf.shape(img)[:2],
+        fill_value=tf.constant(fill, tf.float32), interpolation="BILINEAR", fill_mode="CONSTANT")
+    return out[0]
+
+
+def random_affine_params(seed, size):
+    """Koch's random T for an image `size` pixels wide, from the stateless `seed`: float32 (7,) in the
+    order of `affine`. Each component (the rotation, each shear, each scale, each translation) is drawn
+    with probability 0.5, uniformly: theta in [-10, 10] degrees (radians here), rho in [-0.3, 0.3], s in
+    [0.8, 1.2], t in [-2, 2] * size / 105 pixels (Koch's 2 pixels at 105x105 scaled to the image being
+    transformed); otherwise it is the identity value (0 or 1). The seeds are folded off `seed`, so the
+    other transforms' draws do not change when this one is on."""
+    tf = tf_module()
+    seeds = tf.random.experimental.stateless_split(tf.random.experimental.stateless_fold_in(seed, 17), 2)
+    active = tf.random.stateless_uniform([7], seeds[0]) < 0.5
+    u = tf.random.stateless_uniform([7], seeds[1])  # [0, 1)
+    t = KOCH_TRANSLATION_PX * tf.cast(size, tf.float32) / KOCH_SIZE
+    lo = tf.stack([-math.radians(KOCH_ROTATION_DEG), -KOCH_SHEAR, -KOCH_SHEAR, KOCH_SCALE[0], KOCH_SCALE[0], -t, -t])
+    hi = tf.stack([math.radians(KOCH_ROTATION_DEG), KOCH_SHEAR, KOCH_SHEAR, KOCH_SCALE[1], KOCH_SCALE[1], t, t])
+    return tf.where(active, lo + u * (hi - lo), tf.constant(AFFINE_IDENTITY, tf.float32))
+
+
+def random_affine(img, seed, fill: float):
+    """Koch's random affine distortion of the (square) float image `img`, seeded (`random_affine_params`)."""
+    tf = tf_module()
+    return affine(img, random_affine_params(seed, tf.shape(img)[1]), fill)
 
 
 def random_resized_crop(img, seed, size: int, scale_min: float):
@@ -78,7 +141,8 @@ def to_grayscale(img, binarize: bool):
 
 
 def geometry_and_colour(img, seed, data: ml_collections.ConfigDict):
-    """The training-time random transforms after resizing: flip, rotation, colour jitter."""
+    """The training-time random transforms after resizing: flip, rotation, Koch's affine distortion,
+    colour jitter."""
     tf = tf_module()
     seeds = tf.random.experimental.stateless_split(seed, 5)  # seeds[0] is free: the flip uses `seed` itself
     if data.flip:
@@ -86,6 +150,8 @@ def geometry_and_colour(img, seed, data: ml_collections.ConfigDict):
     if data.rotation_deg:
         limit = math.radians(data.rotation_deg)
         img = rotate(img, tf.random.stateless_uniform([], seeds[1], -limit, limit), data.fill)
+    if data.get("affine", False):  # Koch et al.'s distortions (random_affine_params)
+        img = random_affine(img, seed, data.fill)
     if data.color_jitter:
         s = data.color_jitter
         img = tf.image.stateless_random_brightness(img, s, seeds[2])

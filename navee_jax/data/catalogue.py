@@ -34,6 +34,8 @@ class Catalogue:
     content_ids: np.ndarray | None = None
     root: str | None = None  # the folder the files came from, named in messages (None: not a file source)
     digests: tuple[str, ...] | None = None  # per file: SHA-1 of its bytes (None: not computed)
+    # per image: counter-clockwise quarter turns applied when it is decoded (navee_jax.data.rotations)
+    quarter_turns: np.ndarray | None = None
 
     def __post_init__(self):
         if (self.paths is None) == (self.pixels is None):
@@ -45,6 +47,8 @@ class Catalogue:
             raise ValueError(f"{n} images but {len(self.content_ids)} content ids")
         if self.digests is not None and len(self.digests) != n:
             raise ValueError(f"{n} images but {len(self.digests)} digests")
+        if self.quarter_turns is not None and len(self.quarter_turns) != n:
+            raise ValueError(f"{n} images but {len(self.quarter_turns)} quarter turns")
 
     def __len__(self) -> int:
         return len(self.labels)

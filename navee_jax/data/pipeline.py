@@ -92,7 +92,8 @@ def _on_white(rgba):
 
 def _image_fn(catalogue: Catalogue, data: ml_collections.ConfigDict, train: bool):
     """(index, seed) -> uint8 (S, S, 3) image, as a TF function; `train` adds the random transforms
-    (random resized crop instead of a plain resize, flip, rotation, colour jitter).
+    (random resized crop instead of a plain resize, flip, rotation, Koch's affine distortions, colour
+    jitter). A rotated class's copy (`catalogue.quarter_turns`) is turned first.
 
     Batches stay uint8 and are normalised inside the jitted step (`train.step.normalize_images`): 4x less
     host memory traffic, and decode + flip never leave uint8 (docs/input_pipeline.md).
@@ -116,8 +117,13 @@ def _image_fn(catalogue: Catalogue, data: ml_collections.ConfigDict, train: bool
                 return decode()
             return tf.cond(tf.gather(transparent, i), lambda: _on_white(tf.io.decode_png(raw, channels=4)), decode)
 
+    turns = (tf.constant(catalogue.quarter_turns.astype(np.int32))
+             if catalogue.quarter_turns is not None and np.any(catalogue.quarter_turns) else None)
+
     def load(i, seed):
         img = read(i)
+        if turns is not None:  # a rotated class's copy (navee_jax.data.rotations)
+            img = tf.image.rot90(img, tf.gather(turns, i))
         if img.shape[-1] == 1:
             img = tf.image.grayscale_to_rgb(img)
         if in_float:

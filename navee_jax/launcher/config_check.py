@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator
 
 import ml_collections
 
+from navee_jax.data.rotations import ANGLES
 from navee_jax.data.sources import DUPLICATES
 from navee_jax.errors import UserError
 from navee_jax.evaluate.baselines import BASELINES
@@ -122,9 +123,12 @@ RULES: dict[str, Rule] = {
     "data.fill": number(0, 1),  # a pixel value of images in [0, 1]
     "data.grayscale": BOOL,
     "data.binarize": BOOL,
+    "data.rotated_classes": tuple_of(Rule(f"one of {list(ANGLES)}", lambda v: _is_int(v) and v in ANGLES),
+                                     example="(90, 180, 270)"),
     "data.flip": BOOL,
     "data.rotation_deg": number(0),  # rotations are drawn from [-deg, +deg]
     "data.crop_scale_min": number(0, 1, lo_open=True),  # an area fraction; 1 = no crop
+    "data.affine": BOOL,  # Koch et al.'s random affine distortions (data.augment.random_affine)
     "data.color_jitter": number(0, 1),  # contrast / saturation factors in [1 - s, 1 + s]: TF needs 1 - s >= 0
     "data.mean": tuple_of(number(), length=3, example="(0.5, 0.5, 0.5)"),  # per RGB channel
     "data.std": tuple_of(number(0, lo_open=True), length=3, example="(0.25, 0.25, 0.25)"),  # divides the pixels

@@ -16,6 +16,7 @@ import numpy as np
 from navee_jax.checkpoints import Checkpoints, UnreadableCheckpoint
 from navee_jax.cli import interrupts_deferred, raise_if_interrupted
 from navee_jax.data.catalogue import Catalogue
+from navee_jax.data.rotations import with_rotated_classes
 from navee_jax.data.sources import load_catalogue
 from navee_jax.data.splits import Split, make_split, write_split
 from navee_jax.errors import UserError
@@ -62,11 +63,19 @@ def prepare_data(config: ml_collections.ConfigDict) -> tuple[Catalogue, Split]:
     for line in catalogue.skip_report():
         print(line)
     split = make_split(catalogue, config.split, config.seed)
+    rotations = tuple(config.data.rotated_classes)
+    catalogue, split = with_rotated_classes(catalogue, split, rotations)
     n_train_classes = len(np.unique(catalogue.labels[split.train]))
+    heldout = split.heldout_classes
+    named = (heldout if len(heldout) <= 12
+             else f"{len(heldout)} classes ({', '.join(heldout[:3])}, ...: all in splits.json)")
     print(f"data: {catalogue.name}: {len(catalogue)} images, {len(catalogue.class_names)} classes; "
-          f"train {len(split.train)} images / {n_train_classes} classes; held out {split.heldout_classes}: "
+          f"train {len(split.train)} images / {n_train_classes} classes; held out {named}: "
           f"{len(split.support)} support / {len(split.query)} query" +
           (f" / {len(split.unused)} unused (classes too small)" if len(split.unused) else ""))
+    if rotations:
+        print(f"data: the training classes include each one rotated by {rotations} degrees (held-out classes "
+              f"are never rotated)")
     if catalogue.content_ids is not None:
         print(f"data: {split.duplicates_summary(catalogue)}")
     return catalogue, split
