@@ -2,7 +2,10 @@
 
 Not runnable on its own: pass an experiment config, e.g. --config=configs/triplet.py. Variants (the part
 after ':' in --config=configs/X.py:variant):
-- '' (default): scikit-learn's bundled digits, classes 0-5 train, 6-9 held out; ResNet-18 at 32x32.
+- '' (default): glyphs, the letters of the Latin, Greek and Cyrillic alphabets in the 16 fonts matplotlib
+  installs (130 distinct letters x 16 fonts, offline: navee_jax.data.glyphs); 30 letters drawn by the seed are
+  held out, 100 train; ResNet-18 at 32x32.
+- 'digits': scikit-learn's bundled digits, classes 0-5 train, 6-9 held out; ResNet-18 at 32x32.
 - 'omniglot': one Omniglot alphabet (Korean: 40 characters x 20 drawers) from ../shared/data, 30 characters
   train and 10 unseen ones drawn by the seed are held out; Conv-4 at 28x28 (the few-shot papers' setting).
 - 'omniglot_all': all ten alphabets of both background-small folders of ../shared/data/omniglot, the second
@@ -28,7 +31,7 @@ SHARED_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
 OMNIGLOT = os.path.normpath(os.path.join(SHARED_DATA, "omniglot"))
 OMNIGLOT_KOREAN = os.path.join(OMNIGLOT, "images_background_small1", "Korean")
 OMNIGLOT_BACKGROUND = os.path.normpath(os.path.join(SHARED_DATA, "omniglot_background", "images_background"))
-VARIANTS = ("", "omniglot", "omniglot_all", "omniglot_background")
+VARIANTS = ("", "digits", "omniglot", "omniglot_all", "omniglot_background")
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
@@ -41,7 +44,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.method = "metric_learning"
 
     c.data = ml_collections.ConfigDict()
-    # 'digits' (sklearn's bundled 8x8 digits, offline) | 'folder' (root/.../<class>/<image>, any depth)
+    # 'glyphs' (letters in matplotlib's fonts, offline) | 'digits' (sklearn's bundled 8x8 digits, offline)
+    # | 'folder' (root/.../<class>/<image>, any depth)
     # | 'styles_csv' (Kaggle Fashion Product Images: root/styles.csv + root/images/<id>.jpg) | 'tfds:<name>'
     c.data.source = "digits"
     c.data.root = config_dict.placeholder(str)  # folder / styles_csv sources: the data root
@@ -131,6 +135,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.eval.classifiers = ("1nn", "prototype")  # logreg and mlp fit a model per episode: slower
     c.eval.baselines = ("raw pixels", "HOG")
     c.eval.metric = "euclidean"  # retrieval distance: euclidean | cosine
+    if variant == "":
+        _glyphs(c)
     if variant.startswith("omniglot"):
         _omniglot(c)
     if variant == "omniglot_all":
@@ -142,6 +148,11 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         c.split.mode, c.split.num_heldout_classes, c.split.num_heldout_groups = "groups", 0, 5
         c.eval.ways = 5
     return c
+
+
+def _glyphs(c: ml_collections.ConfigDict) -> None:
+    c.data.source, c.data.flip = "glyphs", False  # a mirrored letter is another letter, or none
+    c.split.heldout_classes, c.split.num_heldout_classes = (), 30
 
 
 def _omniglot(c: ml_collections.ConfigDict) -> None:

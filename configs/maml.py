@@ -37,8 +37,8 @@ from configs import common
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c = common.get_config(variant)
     c.sampler.kind = "tasks"
-    # Digits hold out 4 classes, so its tasks are 4-way; Omniglot's are the paper's 5-way.
-    c.sampler.ways = 5 if variant else 4
+    # Digits hold out 4 classes, so its tasks are 4-way; the others are the paper's 5-way.
+    c.sampler.ways = 4 if variant == "digits" else 5
     c.sampler.shots = 1
     c.sampler.queries = 1  # the paper's code: as many query images per class as support images
     c.sampler.tasks_per_batch = 32  # the paper's meta-batch for 5-way Omniglot (16 for 20-way)

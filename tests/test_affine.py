@@ -130,7 +130,7 @@ def test_draws_are_in_koch_ranges_each_half_the_time():
 
 def test_seeded_through_geometry_and_colour():
     tf = tf_module()
-    data = common.get_config().data
+    data = common.get_config("digits").data
     data.flip, data.affine = False, True
     img = np.random.default_rng(2).random((16, 16, 3)).astype(np.float32)
     a = augment.geometry_and_colour(img, tf.constant([3, 4], tf.int64), data).numpy()
@@ -146,11 +146,11 @@ def test_seeded_through_geometry_and_colour():
 def test_pipeline_on_distorts_off_is_unchanged():
     cat = digits_catalogue()
     pool = np.flatnonzero(cat.labels < 6)
-    cfg = common.get_config()
+    cfg = common.get_config("digits")
     cfg.data.image_size = 24
     assert cfg.data.affine is False  # off by default
     off = list(train_batches(cat, pool, cfg, epoch=1, num_batches=2))
-    absent = common.get_config()
+    absent = common.get_config("digits")
     absent.data.image_size = 24
     del absent.data["affine"]  # a config from before the key existed
     for x, y in zip(off, train_batches(cat, pool, absent, epoch=1, num_batches=2)):

@@ -58,7 +58,7 @@ def test_random_resized_crop_at_full_scale_is_a_plain_resize():
 @pytest.mark.parametrize("key, value", [("rotation_deg", 20.0), ("color_jitter", 0.3), ("flip", True)])
 def test_random_transforms_are_seeded(key, value):
     tf = tf_module()
-    data = common.get_config().data
+    data = common.get_config("digits").data
     data.flip = False
     data[key] = value
     img = _image(8, 8)

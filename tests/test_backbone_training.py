@@ -30,7 +30,7 @@ TINY = [
 
 
 def _config(backbone: str, width: int, size: int, extra: dict):
-    cfg = triplet.get_config()
+    cfg = triplet.get_config("digits")
     cfg.model.backbone, cfg.model.width, cfg.model.embed_dim, cfg.data.image_size = backbone, width, 16, size
     cfg.sampler.classes_per_batch, cfg.sampler.images_per_class = 4, 4
     for key, value in extra.items():

@@ -98,7 +98,7 @@ def test_bad_files_skipped_once_with_reason_and_counts_add_up(corpus):
 def test_valid_odd_formats_decode_to_the_right_rgb_array(corpus):
     root, good, _ = corpus
     cat = folder_catalogue(str(root))
-    data = common.get_config().data
+    data = common.get_config("digits").data
     data.image_size = SIZE
     small = np.array([i for i, p in enumerate(cat.paths) if good[p] != "large"])
     decoded = np.concatenate(list(eval_batches(cat, small, data, batch_size=4)))

@@ -49,7 +49,7 @@ def test_raw_pixels_are_the_images_flattened_over_255():
 
 def test_features_for_returns_rows_in_index_order():
     catalogue = digits_catalogue()
-    data = common.get_config().data
+    data = common.get_config("digits").data
     data.image_size = 8  # the digits' own size: eval_batches leaves the pixels untouched
     indices = np.random.default_rng(1).permutation(len(catalogue))[:37]
     got = features_for(indices, catalogue, data, raw_pixel_features, batch_size=8)  # last batch of 5

@@ -137,65 +137,67 @@ MAML_OWNED = ("sampler.tasks_per_batch", "loss.inner_steps", "loss.inner_lr", "l
 
 # Rules between keys: (config, other overrides, the key the message must name, message in check_config's form).
 CROSS_CASES: list[tuple[str, list[str], str, bool]] = [
-    ("configs/triplet.py", ["--config.sampler.kind=episodes"], "sampler.kind", True),
-    ("configs/protonet.py", ["--config.sampler.kind=pk"], "sampler.kind", True),
-    ("configs/multi_similarity.py", ["--config.sampler.kind=pairs"], "sampler.kind", True),
-    ("configs/maml.py", ["--config.sampler.kind=pk"], "sampler.kind", True),
-    ("configs/triplet.py", ["--config.data.source=folder"], "data.root", True),
-    ("configs/triplet.py", ["--config.data.source=styles_csv", "--config.data.root=/data",
+    ("configs/triplet.py:digits", ["--config.sampler.kind=episodes"], "sampler.kind", True),
+    ("configs/protonet.py:digits", ["--config.sampler.kind=pk"], "sampler.kind", True),
+    ("configs/multi_similarity.py:digits", ["--config.sampler.kind=pairs"], "sampler.kind", True),
+    ("configs/maml.py:digits", ["--config.sampler.kind=pk"], "sampler.kind", True),
+    ("configs/triplet.py:digits", ["--config.data.source=folder"], "data.root", True),
+    ("configs/triplet.py:digits", ["--config.data.source=styles_csv", "--config.data.root=/data",
                             "--config.data.label_column="], "data.label_column", True),
-    ("configs/triplet.py", ["--config.data.source=tfds:omniglot", "--config.data.tfds_split="],
+    ("configs/triplet.py:digits", ["--config.data.source=tfds:omniglot", "--config.data.tfds_split="],
      "data.tfds_split", True),
-    ("configs/triplet.py", ["--config.data.source=tfds:omniglot", "--config.data.tfds_label_key="],
+    ("configs/triplet.py:digits", ["--config.data.source=tfds:omniglot", "--config.data.tfds_label_key="],
      "data.tfds_label_key", True),
-    ("configs/triplet.py", ["--config.split.mode=groups"], "split.mode", True),
+    ("configs/triplet.py:digits", ["--config.split.mode=groups"], "split.mode", True),
     ("configs/triplet.py:omniglot", ["--config.split.mode=partial"], "split.mode", True),
-    ("configs/triplet.py", ["--config.data.source=styles_csv", "--config.data.root=/data",
+    ("configs/triplet.py:digits", ["--config.data.source=styles_csv", "--config.data.root=/data",
                             "--config.split.mode=groups"], "split.mode", True),
-    ("configs/triplet.py", ["--config.split.heldout_classes=()", "--config.split.num_heldout_classes=0"],
+    ("configs/triplet.py:digits", ["--config.split.heldout_classes=()", "--config.split.num_heldout_classes=0"],
      "split.num_heldout_classes", True),
     ("configs/triplet.py:omniglot_all", ["--config.split.mode=partial", "--config.split.partial_group=x",
                                          "--config.split.num_heldout_classes=0"], "split.num_heldout_classes", True),
     ("configs/triplet.py:omniglot_all", ["--config.split.mode=groups", "--config.split.num_heldout_groups=0"],
      "split.num_heldout_groups", True),
     ("configs/triplet.py:omniglot_all", ["--config.split.mode=partial"], "split.partial_group", True),
-    ("configs/protonet.py", ["--config.split.support_count=0", "--config.split.support_fraction=1.0"],
+    ("configs/protonet.py:digits", ["--config.split.support_count=0", "--config.split.support_fraction=1.0"],
      "split.support_fraction", True),
-    ("configs/triplet.py", ["--config.model.in_channels=1"], "model.in_channels", True),
+    ("configs/triplet.py:digits", ["--config.model.in_channels=1"], "model.in_channels", True),
     ("configs/triplet.py:omniglot", ["--config.data.image_size=8"], "data.image_size", True),
-    ("configs/triplet.py", ["--config.model.backbone=koch"], "data.image_size", True),
-    ("configs/triplet.py", ["--config.model.backbone=vgg16", "--config.data.image_size=16"], "data.image_size", True),
-    ("configs/triplet.py", ["--config.data.image_size=1"], "data.image_size", True),  # the HOG baseline
-    ("configs/triplet.py", ["--config.model.backbone=vgg16", "--config.model.remove_top_layers=7",
+    ("configs/triplet.py:digits", ["--config.model.backbone=koch"], "data.image_size", True),
+    ("configs/triplet.py:digits", ["--config.model.backbone=vgg16",
+     "--config.data.image_size=16"], "data.image_size", True),
+    ("configs/triplet.py:digits", ["--config.data.image_size=1"], "data.image_size", True),  # the HOG baseline
+    ("configs/triplet.py:digits", ["--config.model.backbone=vgg16", "--config.model.remove_top_layers=7",
                             "--config.model.frozen_stages=classifier.0"], "model.frozen_stages", True),
     ("configs/triplet.py:omniglot", ["--config.model.frozen_stages=layer1"], "model.frozen_stages", True),
     # MAML's own rules: navee_jax.meta.train.check_config's messages
-    ("configs/maml.py", ["--config.model.backbone=resnet18"], "model.backbone", False),
-    ("configs/maml.py", ["--config.model.normalize=True"], "model.normalize", False),
-    ("configs/maml.py", ["--config.model.frozen_batchnorm=True"], "model.frozen_batchnorm", False),
-    ("configs/maml.py", ["--config.model.frozen_stages=blocks"], "model.frozen_stages", False),
-    ("configs/maml.py", ["--config.model.pretrained=conv4.safetensors"], "model.pretrained", False),
+    ("configs/maml.py:digits", ["--config.model.backbone=resnet18"], "model.backbone", False),
+    ("configs/maml.py:digits", ["--config.model.normalize=True"], "model.normalize", False),
+    ("configs/maml.py:digits", ["--config.model.frozen_batchnorm=True"], "model.frozen_batchnorm", False),
+    ("configs/maml.py:digits", ["--config.model.frozen_stages=blocks"], "model.frozen_stages", False),
+    ("configs/maml.py:digits", ["--config.model.pretrained=conv4.safetensors"], "model.pretrained", False),
 ]
 
 # Settings that must stay valid: the rules are not stricter than the code.
 GOOD_CASES: list[tuple[str, list[str]]] = [
-    ("configs/triplet.py", ["--config.split.support_count=5", "--config.split.support_fraction=1.0"]),
-    ("configs/triplet.py", ["--config.split.support_count=5", "--config.split.support_fraction=0"]),
-    ("configs/triplet.py", ["--config.model.frozen_stages=('conv1', 'bn1', 'layer1.0')"]),
-    ("configs/triplet.py", ["--config.model.backbone=vgg16", "--config.model.frozen_stages=features.0"]),
-    ("configs/triplet.py", ["--config.model.backbone=koch", "--config.data.image_size=105"]),
-    ("configs/triplet.py", ["--config.model.in_channels=1", "--config.data.grayscale=True"]),
+    ("configs/triplet.py:digits", ["--config.split.support_count=5", "--config.split.support_fraction=1.0"]),
+    ("configs/triplet.py:digits", ["--config.split.support_count=5", "--config.split.support_fraction=0"]),
+    ("configs/triplet.py:digits", ["--config.model.frozen_stages=('conv1', 'bn1', 'layer1.0')"]),
+    ("configs/triplet.py:digits", ["--config.model.backbone=vgg16", "--config.model.frozen_stages=features.0"]),
+    ("configs/triplet.py:digits", ["--config.model.backbone=koch", "--config.data.image_size=105"]),
+    ("configs/triplet.py:digits", ["--config.model.in_channels=1", "--config.data.grayscale=True"]),
     ("configs/triplet.py:omniglot_all", ["--config.split.mode=groups"]),
     ("configs/triplet.py:omniglot_all", ["--config.split.mode=partial", "--config.split.partial_group=x"]),
-    ("configs/triplet.py", ["--config.data.source=tfds:omniglot", "--config.data.tfds_group_key=alphabet",
+    ("configs/triplet.py:digits", ["--config.data.source=tfds:omniglot", "--config.data.tfds_group_key=alphabet",
                             "--config.split.mode=groups"]),
-    ("configs/triplet.py", ["--config.data.source=styles_csv", "--config.data.root=/data"]),
-    ("configs/triplet.py", ["--config.eval.baselines=()", "--config.eval.classifiers=('knn', 'logreg', 'mlp')"]),
-    ("configs/triplet.py", ["--config.eval.shots=5", "--config.eval.metric=cosine", "--config.seed=1099511627776"]),
-    ("configs/triplet.py", ["--config.loss.miner=top_fraction", "--config.loss.top_fraction=1.0",
+    ("configs/triplet.py:digits", ["--config.data.source=styles_csv", "--config.data.root=/data"]),
+    ("configs/triplet.py:digits", ["--config.eval.baselines=()", "--config.eval.classifiers=('knn', 'logreg', 'mlp')"]),
+    ("configs/triplet.py:digits", ["--config.eval.shots=5",
+     "--config.eval.metric=cosine", "--config.seed=1099511627776"]),
+    ("configs/triplet.py:digits", ["--config.loss.miner=top_fraction", "--config.loss.top_fraction=1.0",
                             "--config.sampler.kind=triplets", "--config.loss.margin=0"]),
-    ("configs/contrastive.py", ["--config.sampler.kind=pk", "--config.loss.p_mining=1.0"]),
-    ("configs/maml.py", ["--config.sampler.ways=20", "--config.loss.learn_inner_lr=True"]),
+    ("configs/contrastive.py:digits", ["--config.sampler.kind=pk", "--config.loss.p_mining=1.0"]),
+    ("configs/maml.py:digits", ["--config.sampler.ways=20", "--config.loss.learn_inner_lr=True"]),
 ]
 
 
@@ -285,7 +287,7 @@ def test_shipped_configs_pass(spec):
 
 @pytest.mark.parametrize("key,bad", TABLE, ids=[f"{k}={b!r}" for k, b in TABLE])
 def test_bad_value_is_one_line_naming_the_key(key, bad, launch_in_process):
-    spec = "configs/maml.py" if key in MAML_OWNED else ALL_KEYS[key][0]
+    spec = "configs/maml.py:digits" if key in MAML_OWNED else ALL_KEYS[key][0]
     if isinstance(bad, Py):
         line = launch_in_process(_set_unchecked(cli.load_config_file(_spec_path(spec)), key, bad.value))
         assert line.startswith(f"config key {key!r} = {bad.value!r}: must be "), line
@@ -321,25 +323,25 @@ def test_valid_overrides_pass(spec, overrides):
 def test_missing_loss_keys():
     common_config = cli.load_config_file(_spec_path("configs/common.py"))
     assert _error_line(common_config).startswith("config key 'loss.name' is missing: ")
-    config = cli.load_config_file(_spec_path("configs/triplet.py"))
+    config = cli.load_config_file(_spec_path("configs/triplet.py:digits"))
     del config.loss["miner"]
     assert _error_line(config) == "config key 'loss.miner' is missing: loss.name='triplet' needs it"
 
 
 def test_first_problem_in_table_order():
-    config, _ = _parse("configs/triplet.py", ["--config.eval.batch_size=0", "--config.data.image_size=0"])
+    config, _ = _parse("configs/triplet.py:digits", ["--config.eval.batch_size=0", "--config.data.image_size=0"])
     assert _error_line(config).startswith("config key 'data.image_size' = 0: ")
 
 
 # The listed defects through launch.py: flags -> check_config -> cli.fail, before any data or workdir file.
 LAUNCH_CASES = [
-    ("configs/triplet.py", ["--config.data.image_size=0"], "data.image_size"),
-    ("configs/triplet.py", ["--config.eval.shots=abc"], "eval.shots"),
-    ("configs/triplet.py", ["--config.loss.miner=hardest"], "loss.miner"),
-    ("configs/triplet.py", ["--config.eval.metric=manhattan", "--mode=evaluate"], "eval.metric"),
-    ("configs/contrastive.py", ["--config.optim.lr=-1"], "optim.lr"),
-    ("configs/protonet.py", ["--config.split.support_fraction=1.5"], "split.support_fraction"),
-    ("configs/maml.py", ["--config.model.backbone=resnet18"], "model.backbone"),
+    ("configs/triplet.py:digits", ["--config.data.image_size=0"], "data.image_size"),
+    ("configs/triplet.py:digits", ["--config.eval.shots=abc"], "eval.shots"),
+    ("configs/triplet.py:digits", ["--config.loss.miner=hardest"], "loss.miner"),
+    ("configs/triplet.py:digits", ["--config.eval.metric=manhattan", "--mode=evaluate"], "eval.metric"),
+    ("configs/contrastive.py:digits", ["--config.optim.lr=-1"], "optim.lr"),
+    ("configs/protonet.py:digits", ["--config.split.support_fraction=1.5"], "split.support_fraction"),
+    ("configs/maml.py:digits", ["--config.model.backbone=resnet18"], "model.backbone"),
 ]
 
 

@@ -188,7 +188,7 @@ def test_model_pretrained_loads_the_weights_when_the_model_is_built(tmp_path, fm
     from navee_jax.models import build_model
 
     state_dict = _random_state_dict(seed=3)
-    cfg = common.get_config()
+    cfg = common.get_config("digits")
     cfg.model.pretrained = _write(state_dict, str(tmp_path / f"resnet18.{fmt}"))
     model = build_model(cfg.model, nnx.Rngs(0), cfg.data.image_size)
     np.testing.assert_array_equal(model.backbone.layer4[1].conv2.kernel[...],

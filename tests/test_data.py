@@ -21,7 +21,7 @@ def test_digits_catalogue_is_sklearn_digits():
 
 
 def test_digits_split_holds_out_6_to_9_as_a_partition():
-    cfg = common.get_config()
+    cfg = common.get_config("digits")
     cat = digits_catalogue()
     split = make_split(cat, cfg.split, seed=0)
     assert set(cat.labels[split.train]) == {0, 1, 2, 3, 4, 5}
@@ -50,7 +50,7 @@ def test_pk_indices_draw_p_classes_k_images():
 
 
 def test_train_batches_are_deterministic_and_match_the_images():
-    cfg = common.get_config()
+    cfg = common.get_config("digits")
     cfg.data.image_size = 8
     cfg.data.flip = False
     cat = digits_catalogue()
@@ -68,7 +68,7 @@ def test_train_batches_are_deterministic_and_match_the_images():
 
 
 def test_flip_is_seeded_and_mirrors():
-    cfg = common.get_config()
+    cfg = common.get_config("digits")
     cfg.data.image_size = 8
     cat = digits_catalogue()
     pool = np.flatnonzero(cat.labels < 6)
@@ -83,7 +83,7 @@ def test_flip_is_seeded_and_mirrors():
 def test_folder_source_decodes_in_tf_like_pil(image_folder):
     cat = folder_catalogue(str(image_folder))
     assert cat.class_names == ("class0", "class1", "class2") and len(cat) == 12 and not cat.skipped
-    cfg = common.get_config()
+    cfg = common.get_config("digits")
     cfg.data.image_size = 12  # the source size: no resampling
     png = [i for i, p in enumerate(cat.paths) if p.endswith(".png")][0]
     got = next(eval_batches(cat, np.array([png]), cfg.data, 1))[0]
@@ -107,7 +107,7 @@ def test_bad_files_are_skipped_counted_and_listed(image_folder):
 
 
 def _launch_on_folder(root, workdir, *extra):
-    return run_launch(["--config=configs/triplet.py", f"--workdir={workdir}", "--config.data.source=folder",
+    return run_launch(["--config=configs/triplet.py:digits", f"--workdir={workdir}", "--config.data.source=folder",
                        f"--config.data.root={root}", "--config.split.heldout_classes=()",
                        "--config.split.num_heldout_classes=1", "--config.sampler.classes_per_batch=2",
                        "--config.sampler.images_per_class=2", "--config.model.width=4", "--config.model.embed_dim=8",
@@ -154,7 +154,7 @@ def _grouped_catalogue():
 
 
 def _split_cfg(**overrides):
-    cfg = common.get_config().split
+    cfg = common.get_config("digits").split
     cfg.heldout_classes = ()
     cfg.update(overrides)
     return cfg
@@ -214,7 +214,7 @@ def test_original_kaggle_styles_csv_with_unquoted_commas(tmp_path):
 
 
 def test_each_process_decodes_its_share_of_the_same_global_batch():
-    cfg = common.get_config()
+    cfg = common.get_config("digits")
     cfg.data.image_size = 8
     cat = digits_catalogue()
     pool = np.flatnonzero(cat.labels < 6)

@@ -30,7 +30,7 @@ SCRIPT = textwrap.dedent("""
     from navee_jax.train.step import init_train_state, make_train_step
 
     assert len(jax.devices()) == 4, jax.devices()
-    cfg = triplet.get_config()
+    cfg = triplet.get_config("digits")
     cfg.model.width, cfg.model.embed_dim, cfg.data.image_size = 8, 16, 16
     cfg.sampler.classes_per_batch, cfg.sampler.images_per_class = 4, 4
     cat = digits_catalogue()
@@ -71,7 +71,7 @@ def test_four_device_step_equals_one_device_step():
 
 
 def _episode_config(kind: str, **data):
-    cfg = common.get_config()
+    cfg = common.get_config("digits")
     cfg.sampler.update(kind=kind, ways=3, shots=2, queries=2, tasks_per_batch=4)
     cfg.data.update(image_size=8, **data)  # the source size: no resampling
     return cfg

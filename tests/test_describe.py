@@ -97,7 +97,7 @@ def test_text_histogram_bars_and_numbers():
 
 
 def test_describe_digits_matches_independent_counts():
-    cfg = common.get_config()
+    cfg = common.get_config("digits")
     cat = digits_catalogue()
     split = make_split(cat, cfg.split, cfg.seed)
     lines = describe(cat, split)
@@ -124,7 +124,7 @@ def test_describe_folder_with_groups_and_skipped_files(tmp_path):
     shutil.copy(root / "brandA" / "shoe" / "0.png", root / "brandA" / "shoe" / "copy.png")  # duplicate
     (root / "brandB" / "bag" / "notes.txt").write_text("not an image")
     cat = folder_catalogue(str(root), group_level=0)
-    cfg = common.get_config().split
+    cfg = common.get_config("digits").split
     cfg.mode, cfg.heldout_groups = "groups", ("brandB",)
     split = make_split(cat, cfg, seed=0)
     lines = describe(cat, split)
@@ -158,7 +158,7 @@ def test_save_histogram_png_draws_one_bar_per_non_empty_bin(tmp_path, counts, ba
 
 
 def test_cli_describe_digits(tmp_path):
-    r = run_describe(["describe", "--config=configs/triplet.py", f"--workdir={tmp_path}"])
+    r = run_describe(["describe", "--config=configs/triplet.py:digits", f"--workdir={tmp_path}"])
     assert r.returncode == 0, r.stderr[-3000:]
     assert "1797 images, 10 classes" in r.stdout
     assert _part_line(r.stdout, "train") == (6, int(np.sum(load_digits().target < 6)))
@@ -170,13 +170,13 @@ def test_cli_describe_digits(tmp_path):
 
 
 @pytest.mark.parametrize("args, culprit", [
-    (["describe", "--config=configs/triplet.py", "--config.split.heldout_clases=()"],
+    (["describe", "--config=configs/triplet.py:digits", "--config.split.heldout_clases=()"],
      "unknown config key 'split.heldout_clases' (did you mean 'split.heldout_classes'?)"),
-    (["describe", "--config=configs/triplet.py", "--config.seed=zero"], "config key 'seed' expects int"),
-    (["summary", "--config=configs/triplet.py"], "one of ['describe'] (got 'summary')"),
-    (["--config=configs/triplet.py"], "expected a subcommand"),
+    (["describe", "--config=configs/triplet.py:digits", "--config.seed=zero"], "config key 'seed' expects int"),
+    (["summary", "--config=configs/triplet.py:digits"], "one of ['describe'] (got 'summary')"),
+    (["--config=configs/triplet.py:digits"], "expected a subcommand"),
     (["describe", "--config=configs/nope.py"], "configs/nope.py"),
-    (["describe", "--config=configs/triplet.py", "--config.data.source=folder", "--config.data.root=/no/such"],
+    (["describe", "--config=configs/triplet.py:digits", "--config.data.source=folder", "--config.data.root=/no/such"],
      "data.root: folder '/no/such' does not exist"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, args, culprit):

@@ -49,7 +49,7 @@ def _rel(cat, idx, root) -> list[str]:
 
 
 def _split_cfg(**overrides):
-    cfg = common.get_config().split
+    cfg = common.get_config("digits").split
     cfg.heldout_classes = ()
     cfg.update(overrides)
     return cfg
@@ -181,13 +181,13 @@ def test_keep_without_duplicates_splits_as_skip(image_folder):
 
 
 def test_unknown_duplicates_value_is_a_one_line_user_error(image_folder):
-    data = common.get_config().data
+    data = common.get_config("digits").data
     data.duplicates = "drop"
     with pytest.raises(UserError, match=r"^data.duplicates: unknown value 'drop'; use 'skip' or 'keep'$"):
         load_catalogue(data)  # for every source, digits included
     with pytest.raises(UserError, match="data.duplicates"):
         folder_catalogue(str(image_folder), duplicates="Keep")
-    assert common.get_config().data.duplicates == "skip"
+    assert common.get_config("digits").data.duplicates == "skip"
 
 
 def test_resume_compares_excluded_duplicates(dup_tree, tmp_path):

@@ -32,7 +32,7 @@ def _leaves_by_path(*states) -> dict[str, np.ndarray]:
 
 
 def test_frozen_stages_are_bit_identical_after_training_and_the_rest_moves():
-    cfg = triplet.get_config()
+    cfg = triplet.get_config("digits")
     cfg.model.width, cfg.model.embed_dim, cfg.data.image_size = 4, 8, 16
     cat = digits_catalogue()
     mesh, tx = make_mesh(), optax.adamw(1e-2, weight_decay=0.1)  # decay would move frozen weights if it saw them
@@ -57,7 +57,7 @@ def test_frozen_stages_are_bit_identical_after_training_and_the_rest_moves():
 
 
 def test_unknown_stage_is_a_one_line_error_listing_the_stages():
-    cfg = triplet.get_config()
+    cfg = triplet.get_config("digits")
     cfg.model.width = 4
     with pytest.raises(UserError, match=r"'layer9' is not a stage of the backbone; stages: \['bn1', 'conv1', "
                                         r"'layer1', 'layer2', 'layer3', 'layer4'\]"):
@@ -65,7 +65,7 @@ def test_unknown_stage_is_a_one_line_error_listing_the_stages():
 
 
 def test_head_batchnorm_standardises_each_embedding_dimension_in_training():
-    cfg = triplet.get_config()
+    cfg = triplet.get_config("digits")
     cfg.model.width, cfg.model.embed_dim, cfg.model.head_batchnorm, cfg.model.normalize = 4, 8, True, False
     model = build_model(cfg.model, nnx.Rngs(0), cfg.data.image_size)
     model.train()

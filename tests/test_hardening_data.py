@@ -197,7 +197,7 @@ def test_too_few_classes_for_a_split_names_the_root_and_the_count(tmp_path, clas
         for i in range(3):
             write_image(str(root / f"c{c}" / f"{i}.png"), seed=10 * c + i)
     cat = folder_catalogue(str(root))
-    cfg = common.get_config().split
+    cfg = common.get_config("digits").split
     cfg.heldout_classes, cfg.num_heldout_classes = (), 1
     with pytest.raises(UserError) as e:
         make_split(cat, cfg, seed=0)

@@ -22,7 +22,7 @@ from navee_jax.recognize.__main__ import main as cli_main
 
 @pytest.fixture(scope="module")
 def rec():
-    cfg = common.get_config()
+    cfg = common.get_config("digits")
     cfg.data.image_size, cfg.eval.batch_size = 16, 8
     cfg.model.backbone, cfg.model.width, cfg.model.embed_dim = "conv4", 4, 8
     return Recognizer(cfg, build_model(cfg.model, nnx.Rngs(0), cfg.data.image_size), "tiny/checkpoints/1")

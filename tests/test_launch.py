@@ -19,7 +19,7 @@ from conftest import REPO, TINY, run_launch
     ("--config.nosuch.key=1", "unknown config key 'nosuch.key'"),
 ])
 def test_bad_override_is_one_line_and_exit_2(tmp_path, override, culprit):
-    r = run_launch(["--config=configs/triplet.py", f"--workdir={tmp_path}", override], timeout=120)
+    r = run_launch(["--config=configs/triplet.py:digits", f"--workdir={tmp_path}", override], timeout=120)
     assert r.returncode == 2
     assert r.stderr.strip() == f"error: {r.stderr.strip()[len('error: '):]}" and "\n" not in r.stderr.strip()
     assert culprit in r.stderr
@@ -27,7 +27,7 @@ def test_bad_override_is_one_line_and_exit_2(tmp_path, override, culprit):
 
 
 def test_override_before_config_says_to_move_it(tmp_path):
-    r = run_launch(["--config.train.num_epochs=1", "--config=configs/triplet.py", f"--workdir={tmp_path}"],
+    r = run_launch(["--config.train.num_epochs=1", "--config=configs/triplet.py:digits", f"--workdir={tmp_path}"],
                    timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip() == ("error: --config.train.num_epochs comes before --config=configs/triplet.py: "
@@ -46,7 +46,7 @@ def _checkpoint_steps(workdir) -> list[int]:
 
 @pytest.mark.slow
 def test_short_run_learns_and_resumes_after_sigkill(tmp_path):
-    args = ["--config=configs/triplet.py", *TINY, "--config.train.num_epochs=6"]
+    args = ["--config=configs/triplet.py:digits", *TINY, "--config.train.num_epochs=6"]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
 
     # 1. Uninterrupted run: checkpoints, metrics.json, and the triplet loss on the base classes falls.
@@ -96,7 +96,7 @@ def test_short_run_learns_and_resumes_after_sigkill(tmp_path):
 
 def test_nan_loss_stops_with_one_line(tmp_path):
     # Adam's first update moves every weight by about lr: at 1e30 the second step's loss is NaN.
-    r = run_launch(["--config=configs/triplet.py", *TINY, f"--workdir={tmp_path}", "--config.optim.lr=1e30",
+    r = run_launch(["--config=configs/triplet.py:digits", *TINY, f"--workdir={tmp_path}", "--config.optim.lr=1e30",
                     "--config.train.num_epochs=1", "--config.train.steps_per_epoch=4", "--config.train.log_every=1"])
     assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
     assert "not finite" in r.stderr and "Traceback" not in r.stderr and r.stderr.count("\n") == 1

@@ -20,7 +20,7 @@ WAYS, SHOTS, QUERIES, TASKS, STEPS = 3, 2, 2, 2, 2
 
 
 def tiny_config():
-    c = maml_config.get_config()
+    c = maml_config.get_config("digits")
     c.model.width, c.model.in_channels, c.data.image_size, c.data.grayscale = 2, 1, 16, True
     c.sampler.ways, c.sampler.shots, c.sampler.queries = WAYS, SHOTS, QUERIES
     return c
@@ -169,7 +169,7 @@ def test_shifted_slices_conv_equals_lax_conv_also_vmapped_over_kernels(cin, cout
     ({"model.normalize": True}, "model.normalize"),
 ])
 def test_bad_maml_settings_are_one_line_errors_naming_the_key(override, culprit):
-    c = maml_config.get_config()
+    c = maml_config.get_config("digits")
     for key, value in override.items():
         section, leaf = key.split(".")
         c[section][leaf] = value
@@ -219,7 +219,7 @@ def test_fine_tuning_evaluation_equals_a_hand_written_loop_over_the_same_episode
     from navee_jax.sharding import make_mesh
     from navee_jax.embed import image_normalizer
 
-    c = maml_config.get_config()
+    c = maml_config.get_config("digits")
     c.model.width, c.data.image_size, c.eval.batch_size, c.loss.eval_inner_steps = 4, 16, 64, 2
     cat = digits_catalogue()
     split = make_split(cat, c.split, c.seed)

@@ -11,7 +11,7 @@ from conftest import OMNIGLOT, run_launch
 
 
 def test_bad_maml_setting_is_one_line_and_exit_status_2(tmp_path):
-    r = run_launch(["--config=configs/maml.py", f"--workdir={tmp_path}", "--config.loss.inner_steps=0"])
+    r = run_launch(["--config=configs/maml.py:digits", f"--workdir={tmp_path}", "--config.loss.inner_steps=0"])
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1].startswith("error: loss.inner_steps=0")
 
@@ -38,7 +38,7 @@ def test_short_maml_run_beats_the_untrained_network_on_unseen_omniglot_character
 @pytest.mark.slow
 def test_resumed_maml_run_gives_the_numbers_of_an_uninterrupted_one(tmp_path):
     """Meta-SGD on digits, tiny: 2 epochs in one go vs 1 epoch, then resumed to 2 (step sizes restored too)."""
-    common = ["--config=configs/maml.py", "--config.model.width=4", "--config.data.image_size=16",
+    common = ["--config=configs/maml.py:digits", "--config.model.width=4", "--config.data.image_size=16",
               "--config.sampler.tasks_per_batch=4", "--config.train.steps_per_epoch=3", "--config.eval.episodes=5",
               "--config.loss.learn_inner_lr=True"]
     full = run_launch([*common, f"--workdir={tmp_path / 'full'}", "--config.train.num_epochs=2"])

@@ -23,7 +23,7 @@ SCRIPT = textwrap.dedent("""
     from navee_jax.embed import image_normalizer
 
     assert len(jax.devices()) == 4, jax.devices()
-    cfg = maml_config.get_config()
+    cfg = maml_config.get_config("digits")
     cfg.model.width, cfg.data.image_size, cfg.sampler.tasks_per_batch = 4, 16, 8
     cfg.loss.learn_inner_lr = True  # Meta-SGD: the step sizes are updated from the sharded step too
     cat = digits_catalogue()

@@ -39,7 +39,7 @@ def cosine_margin():
 
 
 def _toy_config() -> ml_collections.ConfigDict:
-    c = triplet.get_config()
+    c = triplet.get_config("digits")
     c.loss = ml_collections.ConfigDict({"name": "cosine_margin", "margin": 0.2})
     c.model.backbone, c.model.width, c.data.image_size = "conv4", 8, 16
     c.train.num_epochs, c.train.steps_per_epoch, c.train.log_every = 3, 6, 6

@@ -64,7 +64,7 @@ def test_fashion_catalogue_keeps_every_labelled_image_by_article_type():
     from configs import common
     from navee_jax.data.splits import make_split
 
-    cfg = common.get_config().split
+    cfg = common.get_config("digits").split
     for heldout, excluded in [(("Shirts", "Tshirts", "Kurtas"), 1), (("Sarees", "Shirts", "Tshirts", "Kurtas"), 1)]:
         cfg.heldout_classes = heldout
         split = make_split(cat, cfg, seed=0)
@@ -97,7 +97,7 @@ def test_omniglot_group_split_keeps_every_character_and_image_on_one_side():
     from navee_jax.data.splits import make_split
 
     cat = folder_catalogue(OMNIGLOT, group_level=1)
-    cfg = common.get_config().split
+    cfg = common.get_config("digits").split
     cfg.update({"mode": "groups", "heldout_classes": (), "heldout_groups": ("Greek", "Korean")})
     split = make_split(cat, cfg, seed=0)
     test = np.concatenate([split.support, split.query])

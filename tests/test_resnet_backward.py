@@ -198,7 +198,7 @@ def _primitive_names(jaxpr) -> set[str]:
 
 @pytest.mark.parametrize("tuned", [False, True])
 def test_build_model_uses_custom_vjps_only_when_cpu_tuned(tuned):
-    cfg = common.get_config().model
+    cfg = common.get_config("digits").model
     cfg.width, cfg.embed_dim = 8, 16
     model = build_model(cfg, nnx.Rngs(0), 32, cpu_tuned=tuned)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)

@@ -36,7 +36,7 @@ def _check_disjoint(catalogue, split, degrees):
 
 def test_rotated_copies_are_new_training_classes_decoded_turned():
     cat = digits_catalogue()
-    cfg = common.get_config()
+    cfg = common.get_config("digits")
     split = make_split(cat, cfg.split, cfg.seed)
     rotated, rsplit = with_rotated_classes(cat, split, (90, 180, 270))
     _check_disjoint(rotated, rsplit, (90, 180, 270))
@@ -62,7 +62,7 @@ def test_rotated_copies_are_new_training_classes_decoded_turned():
                     reason=f"Omniglot not found at {SMALL1} (../shared/data is not part of a fresh clone)")
 def test_no_omniglot_character_in_any_rotation_is_on_both_sides_of_an_alphabet_split():
     cat = folder_catalogue(SMALL1, group_level=0)
-    cfg = common.get_config().split
+    cfg = common.get_config("digits").split
     cfg.mode, cfg.heldout_classes, cfg.num_heldout_groups = "groups", (), 2
     split = make_split(cat, cfg, seed=0)
     rotated, rsplit = with_rotated_classes(cat, split, (90, 180, 270))

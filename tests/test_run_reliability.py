@@ -19,7 +19,7 @@ from navee_jax.recognize.__main__ import main as recognize_main
 
 # Digits on a small Conv-4 (quick to compile) at a high learning rate: held-out mAP peaks at the first epoch
 # and falls after it, so the best epoch is not the last.
-ARGS = ["--config=configs/triplet.py", *TINY, "--config.model.backbone=conv4", "--config.optim.lr=0.03",
+ARGS = ["--config=configs/triplet.py:digits", *TINY, "--config.model.backbone=conv4", "--config.optim.lr=0.03",
         "--config.train.steps_per_epoch=3", "--config.train.keep_checkpoints=1"]
 CHEAP_EVALUATION = ["--config.eval.grid_ways=(2,)", "--config.eval.grid_shots=(1,)",
                     "--config.eval.standard_episodes=10", "--config.eval.classifiers=('1nn',)",
@@ -161,17 +161,17 @@ def test_one_run_per_workdir_clean_interruption_and_fallback_from_an_unreadable_
 
 def test_evaluate_mode_needs_a_trained_workdir_and_writes_nothing_otherwise(tmp_path):
     missing = tmp_path / "nope"
-    r = run_launch(["--config=configs/triplet.py", f"--workdir={missing}", "--mode=evaluate"], timeout=120)
+    r = run_launch(["--config=configs/triplet.py:digits", f"--workdir={missing}", "--mode=evaluate"], timeout=120)
     assert r.returncode == 2 and "does not exist" in _one_line(r.stderr) and "--checkpoint=none" in r.stderr
     assert not missing.exists()
 
     empty = tmp_path / "empty"
     (empty / "checkpoints").mkdir(parents=True)
-    r = run_launch(["--config=configs/triplet.py", f"--workdir={empty}", "--mode=evaluate"], timeout=120)
+    r = run_launch(["--config=configs/triplet.py:digits", f"--workdir={empty}", "--mode=evaluate"], timeout=120)
     assert r.returncode == 2 and "has no saved checkpoint" in _one_line(r.stderr)
     assert sorted(os.listdir(empty)) == ["checkpoints"]
 
     afile = tmp_path / "afile"
     afile.write_text("x")
-    r = run_launch(["--config=configs/triplet.py", *TINY, f"--workdir={afile}"], timeout=120)
+    r = run_launch(["--config=configs/triplet.py:digits", *TINY, f"--workdir={afile}"], timeout=120)
     assert r.returncode == 2 and "is a file, not a folder" in _one_line(r.stderr)

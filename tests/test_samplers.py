@@ -63,7 +63,7 @@ def test_samplers_refuse_pools_that_cannot_form_tuples():
 
 @pytest.mark.parametrize("kind", ["pairs", "triplets"])
 def test_tuple_batches_hold_the_sampled_images_and_split_between_processes(kind):
-    cfg = common.get_config()
+    cfg = common.get_config("digits")
     cfg.data.image_size, cfg.data.flip = 8, False  # source size, no flips: images are the pixels themselves
     cfg.sampler.tuples_per_batch = 6
     cat = digits_catalogue()

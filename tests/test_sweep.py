@@ -12,7 +12,7 @@ from navee_jax.launcher.sweep import parse_sweep, run_sweep, setting_name, setti
 
 
 def test_sweep_values_are_typed_like_the_config_and_form_a_grid():
-    cfg = triplet.get_config()
+    cfg = triplet.get_config("digits")
     axes = parse_sweep(["optim.lr=[5e-5, 1]", "model.backbone=['conv4', 'resnet18']",
                         "eval.shots=[[1], [1, 5]]"], cfg)
     assert axes == [("optim.lr", [5e-5, 1.0]), ("model.backbone", ["conv4", "resnet18"]),
@@ -34,7 +34,7 @@ def test_sweep_values_are_typed_like_the_config_and_form_a_grid():
 ])
 def test_bad_sweeps_are_one_line_errors(spec, message):
     with pytest.raises(UserError, match=re.escape(message)):
-        parse_sweep([spec], triplet.get_config())
+        parse_sweep([spec], triplet.get_config("digits"))
 
 
 def test_run_sweep_trains_each_setting_in_its_own_workdir_and_tabulates(tmp_path):
@@ -46,7 +46,7 @@ def test_run_sweep_trains_each_setting_in_its_own_workdir_and_tabulates(tmp_path
         return {"best_epoch": max(history, key=lambda h: h["map"]), "final": {"map": 0.05}, "initial": {"map": 0.01},
                 "history": history}
 
-    rows = run_sweep(triplet.get_config(), str(tmp_path), [("optim.lr", [0.5, 0.25])], fake_train)
+    rows = run_sweep(triplet.get_config("digits"), str(tmp_path), [("optim.lr", [0.5, 0.25])], fake_train)
     assert seen == [(0.5, str(tmp_path / "optim.lr=0.5")), (0.25, str(tmp_path / "optim.lr=0.25"))]
     assert [r["best_map"] for r in rows] == [0.6, 0.35] and [r["best_epoch"] for r in rows] == [1, 1]
     table = (tmp_path / "sweep.md").read_text().splitlines()
@@ -57,7 +57,7 @@ def test_run_sweep_trains_each_setting_in_its_own_workdir_and_tabulates(tmp_path
 
 @pytest.mark.slow
 def test_a_two_setting_sweep_through_launch_produces_its_table(tmp_path):
-    r = run_launch(["--config=configs/triplet.py", f"--workdir={tmp_path / 'sweep'}", *TINY,
+    r = run_launch(["--config=configs/triplet.py:digits", f"--workdir={tmp_path / 'sweep'}", *TINY,
                     "--config.train.num_epochs=1", "--config.train.steps_per_epoch=3",
                     "--sweep=loss.margin=[0.1, 0.3]"])
     assert r.returncode == 0, r.stderr[-3000:]

@@ -145,7 +145,7 @@ def test_config_source_tfds_name_reaches_the_tfds_catalogue():
     from configs import common
     from navee_jax.data.sources import load_catalogue
 
-    data = common.get_config().data
+    data = common.get_config("digits").data
     data.source, data.tfds_group_key = "tfds:omniglot", "alphabet"
     with tfds.testing.mock_data(num_examples=6):
         cat = load_catalogue(data)

@@ -20,7 +20,7 @@ def _model(cfg):
 
 @pytest.mark.parametrize("frozen", [False, True])
 def test_batchnorm_statistics_update_unless_frozen(frozen):
-    cfg = triplet.get_config()
+    cfg = triplet.get_config("digits")
     cfg.model.width, cfg.model.embed_dim, cfg.data.image_size = 4, 8, 16
     cat = digits_catalogue()
     batch = next(train_batches(cat, np.flatnonzero(cat.labels < 6), cfg, 0, 1))
@@ -39,7 +39,7 @@ def test_batchnorm_statistics_update_unless_frozen(frozen):
 
 
 def test_uint8_batches_are_normalised_inside_the_step_as_numpy_would():
-    cfg = triplet.get_config()
+    cfg = triplet.get_config("digits")
     cfg.model.width, cfg.model.embed_dim, cfg.data.image_size = 4, 8, 16
     cat = digits_catalogue()
     images = next(train_batches(cat, np.flatnonzero(cat.labels < 6), cfg, 0, 1))["images"]
@@ -57,7 +57,7 @@ def test_non_finite_loss_or_gradient_stops_training_with_the_step():
     from navee_jax.errors import UserError
     from navee_jax.launcher.train import average_finite_metrics
 
-    cfg = triplet.get_config()
+    cfg = triplet.get_config("digits")
     ok = {"loss": np.float32(0.5), "grad_norm": np.float32(2.0)}
     assert average_finite_metrics([ok, {"loss": np.float32(1.5), "grad_norm": np.float32(4.0)}], 2, cfg) == \
         {"loss": 1.0, "grad_norm": 3.0}

@@ -296,6 +296,10 @@ def load_catalogue(data: ml_collections.ConfigDict) -> Catalogue:
     _check_duplicates(data.duplicates)  # for every source, though only file sources hash their images
     if data.source == "digits":
         return digits_catalogue()
+    if data.source == "glyphs":
+        from navee_jax.data.glyphs import glyphs_catalogue
+
+        return glyphs_catalogue()
     if data.source == "folder":
         return folder_catalogue(data.root, data.group_level, data.duplicates)
     if data.source == "styles_csv":
@@ -305,5 +309,5 @@ def load_catalogue(data: ml_collections.ConfigDict) -> Catalogue:
 
         return tfds_catalogue(data.source[len("tfds:"):], data.tfds_split, data.tfds_label_key, data.tfds_group_key,
                               data.tfds_data_dir)
-    raise UserError(f"data.source: unknown source {data.source!r}; use 'digits', 'folder', 'styles_csv' or "
-                    f"'tfds:<name>'")
+    raise UserError(f"data.source: unknown source {data.source!r}; use 'glyphs', 'digits', 'folder', 'styles_csv' "
+                    f"or 'tfds:<name>'")

@@ -36,7 +36,7 @@ from navee_jax.models.vgg import _VGG16, CLASSIFIER_LAYERS
 from navee_jax.method import available_methods, method_of
 
 # Enumerations that exist only as literals where they are used:
-SOURCES = ("digits", "folder", "styles_csv")  # navee_jax.data.sources.load_catalogue, plus 'tfds:<name>'
+SOURCES = ("glyphs", "digits", "folder", "styles_csv")  # navee_jax.data.sources.load_catalogue, plus 'tfds:<name>'
 RESIZE_MODES = ("squash", "pad")  # navee_jax.data.pipeline._image_fn
 SPLIT_MODES = ("classes", "groups", "partial")  # navee_jax.data.splits.heldout_classes
 SAMPLER_KINDS = ("pk", "pairs", "triplets", "episodes", "tasks")  # what navee_jax.data.pipeline batches
@@ -222,7 +222,8 @@ _SOURCE_GROUPS = {"folder": "data.group_level >= 0", "styles_csv": "data.group_c
 
 
 def _has_groups(d: ml_collections.ConfigDict) -> bool:
-    return ((d.source == "folder" and d.group_level >= 0) or (d.source == "styles_csv" and bool(d.group_column))
+    return (d.source == "glyphs"  # its groups are the scripts
+            or (d.source == "folder" and d.group_level >= 0) or (d.source == "styles_csv" and bool(d.group_column))
             or (d.source.startswith("tfds:") and bool(d.tfds_group_key)))
 
 
