@@ -30,7 +30,7 @@ def test_override_before_config_says_to_move_it(tmp_path):
     r = run_launch(["--config.train.num_epochs=1", "--config=configs/triplet.py:digits", f"--workdir={tmp_path}"],
                    timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert r.stderr.strip() == ("error: --config.train.num_epochs comes before --config=configs/triplet.py: "
+    assert r.stderr.strip() == ("error: --config.train.num_epochs comes before --config=configs/triplet.py:digits: "
                                 "put config overrides after --config")
 
 
