@@ -13,7 +13,7 @@ from flax import traverse_util
 
 def flat(nested: dict[str, Any], ignore: Iterable[str] = ()) -> dict[str, Any]:
     """{"a.b": value} of a nested dict of JSON values, without the dotted keys in `ignore`."""
-    out = traverse_util.flatten_dict(nested, sep=".") if nested else {}
+    out = traverse_util.flatten_dict(nested, sep=".")
     return {k: v for k, v in out.items() if k not in set(ignore)}
 
 

@@ -20,10 +20,10 @@ import jax
 import ml_collections
 import numpy as np
 
+from navee_jax.embed import EmbedFn
 from navee_jax.errors import UserError
 
 Batch = dict[str, np.ndarray]
-EmbedFn = Callable[[Any, jax.Array], jax.Array]  # (state, images) -> features
 
 
 @dataclasses.dataclass(frozen=True)

@@ -95,6 +95,10 @@ class Setup:
 
 def build_setup(config: ml_collections.ConfigDict) -> Setup:
     method = method_of(config)
+    kinds = method.sampler_kinds(config)  # config_check says so first; in-process callers may not have run it
+    if config.sampler.kind not in kinds:
+        raise UserError(f"sampler.kind={config.sampler.kind!r}: {method.name} with loss.name={config.loss.name!r} "
+                        f"trains on {list(kinds)}")
     method.check_config(config)  # before the data loads: a bad setting is one line, at once
     catalogue, split = prepare_data(config)
     mesh = make_mesh()

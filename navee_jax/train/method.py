@@ -50,12 +50,6 @@ def epoch_batches(catalogue: Catalogue, pool: np.ndarray, config: ml_collections
 class MetricLearning(Method):
     name = "metric_learning"
 
-    def check_config(self, config: ml_collections.ConfigDict) -> None:
-        kinds = self.sampler_kinds(config)
-        if config.sampler.kind not in kinds:
-            raise UserError(f"sampler.kind={config.sampler.kind!r} does not feed loss.name={config.loss.name!r}; "
-                            f"use one of {list(kinds)}")
-
     def sampler_kinds(self, config: ml_collections.ConfigDict) -> tuple[str, ...]:
         return loss_entry(config.loss.name).samplers
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -12,12 +11,10 @@ from jax.sharding import Mesh
 
 from navee_jax.backend import compiler_options
 from navee_jax.embed import Prepare
+from navee_jax.losses.registry import LossOnBatch
 from navee_jax.models.stages import freeze_stages, trainable_filter
 from navee_jax.sharding import replicated
 from navee_jax.train_state import TrainState, apply_gradients, new_train_state
-
-# (embeddings shaped like the batch's leading image axes, the batch, the loss's own parameters) -> (loss, aux)
-LossFn = Callable[[jax.Array, dict[str, jax.Array], dict[str, jax.Array]], tuple[jax.Array, dict[str, jax.Array]]]
 
 
 def init_train_state(model: nnx.Module, tx: optax.GradientTransformation, frozen_batchnorm: bool = False,
@@ -53,7 +50,7 @@ def _embed_batch(model: nnx.Module, images: jax.Array, prepare: Prepare | None) 
     return embeddings.reshape(images.shape[:-3] + embeddings.shape[-1:])
 
 
-def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_fn: LossFn, mesh: Mesh,
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_fn: LossOnBatch, mesh: Mesh,
                     prepare: Prepare | None = None, frozen_stages: tuple[str, ...] = (),
                     xla_options: dict[str, str] | None = None):
     """(state, batch) -> (state, metrics), jitted; `batch` holds `images` (any leading axes, sharded on
