@@ -4,10 +4,11 @@ Python, side by side in one run (docs/maml.md).
     python bench/maml_step.py [--tasks=32 --ways=5 --shots=1 --queries=1 --width=64 --inner_steps=1 --repeats=5]
 
 Both compute the meta-gradient of the mean query loss of `tasks` tasks (Conv-4 at 28x28, a `ways`-way head,
-BatchNorm on batch statistics, convolutions as matrix products: navee_jax.meta) on the same random images:
-"vmapped" is one jitted call of `meta_objective`'s gradient; "looped" calls a jitted one-task gradient once
-per task from Python and averages the gradients on the device. Compilation is excluded (one warm-up call
-each); times are the median of `repeats` calls. The script also prints how far apart the two gradients are.
+BatchNorm on batch statistics, convolutions as matrix products, max-pools by reshapes: navee_jax.meta) on the
+same random images: "vmapped" is one jitted call of `meta_objective`'s gradient; "looped" calls a jitted
+one-task gradient once per task from Python and averages the gradients on the device. Compilation is excluded
+(one warm-up call each); times are the median of `repeats` calls. The script also prints how far apart the two
+gradients are.
 """
 
 from __future__ import annotations

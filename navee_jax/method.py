@@ -42,6 +42,9 @@ class Trainer:
     # --mode=evaluate: (state, episodes, seed) -> extra standard-protocol cells of the method's own
     # classifier (e.g. fine-tuning on each episode); None when the method has none.
     protocol_cells: Callable[[Any, int, int], list[Any]] | None = None
+    # state -> the method's own ranking of images, (queries (n, d), gallery (m, d)) -> (n, m) non-negative
+    # distances (e.g. a verification head's), used by retrieval and 1-NN; None: eval.metric on the embeddings.
+    distance_of: Callable[[Any], Callable[[jax.Array, jax.Array], jax.Array]] | None = None
 
 
 class Method(abc.ABC):

@@ -7,6 +7,7 @@ systems without working `flock` the recorded pid decides: a lock of a dead proce
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import errno
 import fcntl
@@ -66,11 +67,14 @@ class WorkdirLock:
 
     def __exit__(self, *exc) -> None:
         if self._file is not None:
-            os.remove(self.path)  # before unlocking: a waiting run then finds no stale holder to report
+            # Before unlocking: a waiting run then finds no stale holder to report. Already gone when someone
+            # deleted it (or the workdir) meanwhile: nothing is left to remove, and the run's results stand.
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.path)
             fcntl.flock(self._file, fcntl.LOCK_UN)
             self._file.close()
             self._file = None
-            if self._created and not os.listdir(self.workdir):  # a run that failed before writing anything
+            if self._created and os.path.isdir(self.workdir) and not os.listdir(self.workdir):  # failed early
                 os.rmdir(self.workdir)
 
     def _open_locked(self):

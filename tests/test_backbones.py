@@ -14,7 +14,8 @@ from flax import nnx
 
 from navee_jax.errors import UserError
 from navee_jax.models.conv4 import conv4
-from navee_jax.models.koch import KochVerificationHead, koch
+from navee_jax.models.embedding import EmbeddingNet
+from navee_jax.models.koch import koch
 from navee_jax.models.resnet import resnet18, resnet50
 from navee_jax.models.vgg import VGG, vgg16, vgg16_bn
 
@@ -47,7 +48,6 @@ def test_koch_parameter_count_follows_the_paper():
     assert conv_params + dense_params == 38_947_648
     model = _abstract(lambda: koch(rngs=nnx.Rngs(0)))
     assert _count(model) == conv_params + dense_params and model.out_features == 4096
-    assert _count(KochVerificationHead(rngs=nnx.Rngs(0))) == 4096 + 1  # alpha_j and the bias
 
 
 def test_conv4_parameter_count_by_hand():
@@ -104,15 +104,19 @@ def test_output_shapes(make, shape, features):
     assert _traced_output_shape(make, shape) == (2, features)
 
 
-def test_koch_outputs_and_verification_head():
-    net, head = koch(8, rngs=nnx.Rngs(0)), KochVerificationHead(rngs=nnx.Rngs(1))
-    h1, h2 = net(_images(3, 105, 1)), net(-_images(3, 105, 1))
-    assert h1.shape == (3, 4096) and bool(jnp.all((h1 > 0) & (h1 < 1)))  # sigmoid features
-    p = head(h1, h2)
-    assert p.shape == (3,) and bool(jnp.all((p > 0) & (p < 1)))
-    np.testing.assert_allclose(p, head(h2, h1), rtol=1e-6)  # |h1 - h2| is symmetric
-    expected = jax.nn.sigmoid(jnp.abs(h1 - h2) @ head.fc.kernel[...][:, 0] + head.fc.bias[...][0])
-    np.testing.assert_allclose(p, expected, rtol=1e-5)
+def test_koch_outputs_are_sigmoid_features():
+    net = koch(8, rngs=nnx.Rngs(0))
+    h = net(_images(3, 105, 1))
+    assert h.shape == (3, 4096) and bool(jnp.all((h > 0) & (h < 1)))
+
+
+def test_embed_dim_zero_keeps_the_backbone_features():
+    backbone = conv4(8, rngs=nnx.Rngs(0), image_size=28)
+    net = EmbeddingNet(backbone, 0, normalize=False, rngs=nnx.Rngs(1))
+    x = _images(2, 28)
+    assert net.head is None and net.out_features == backbone.out_features == 8
+    np.testing.assert_array_equal(net(x), backbone(x))
+    assert EmbeddingNet(backbone, 16, normalize=False, rngs=nnx.Rngs(1)).out_features == 16
 
 
 def test_fixed_size_backbones_refuse_other_sizes():

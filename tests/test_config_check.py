@@ -24,7 +24,7 @@ from navee_jax.errors import UserError
 # config_flags loads config files with the deprecated importlib load_module(): one warning per parse.
 pytestmark = pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")
 
-EXPERIMENTS = ("triplet", "contrastive", "protonet", "multi_similarity", "proxy_anchor", "maml")
+EXPERIMENTS = ("triplet", "contrastive", "protonet", "multi_similarity", "proxy_anchor", "maml", "siamese")
 SPECS = [f"configs/{e}.py" + (f":{v}" if v else "") for e in EXPERIMENTS for v in common.VARIANTS]
 
 
@@ -79,7 +79,7 @@ BAD: dict[str, list[Any]] = {
     "model.remove_top_layers": ["-1", "8"],
     "model.pretrained": [Py(None), Py(1)],
     "model.compute_dtype": ["float16", Py(32)],
-    "model.embed_dim": ["0", "-1"],
+    "model.embed_dim": ["-1", "x"],  # 0 is valid: the backbone's features
     "model.normalize": ["maybe", Py(1)],
     "model.frozen_batchnorm": ["maybe", Py(1)],
     "model.frozen_stages": ["(1,)", "layer9", "features.0", Py("layer1")],

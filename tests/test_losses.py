@@ -5,6 +5,9 @@ JAX computes in float32 on float32-representable inputs; the references see the 
 
 import functools
 import math
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -494,6 +497,37 @@ def test_prototypical_matches_reference(case, metric):
     assert_finite(grads)
     if case in ("single_class", "no_support"):
         assert want_loss == 0.0
+
+
+@pytest.mark.parametrize("ways,shots", [(60, 1)])  # ProtoNet's Omniglot episodes
+def test_prototypical_gradient_of_many_way_episodes_compiles_and_matches_reference(ways, shots):
+    """With 20 or more ways the old one-hot matrix product's gradient, under the train step's XLA:CPU options,
+    became a YNNPACK fusion that crashed the process (jax-ml/jax#39257): run in a subprocess, so that a
+    regression fails this test instead of killing the suite."""
+    code = f"""
+import jax, numpy as np
+from navee_jax.backend import CPU_COMPILER_OPTIONS
+from navee_jax.losses import prototypical_loss
+rng = np.random.default_rng(0)
+e = rng.normal(size=({ways} * {shots + 5}, 256)).astype(np.float32)
+s, q = np.repeat(np.arange({ways}), {shots}), np.repeat(np.arange({ways}), 5)
+n = {ways} * {shots}
+f = jax.jit(jax.value_and_grad(lambda e: prototypical_loss(e[:n], s, e[n:], q, {ways})[0]),
+            compiler_options=CPU_COMPILER_OPTIONS)
+loss, grad = f(e)
+print(float(loss), float(np.abs(grad).sum()))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert r.returncode == 0, r.stderr[-2000:]
+    loss, grad_sum = map(float, r.stdout.split())
+    rng = np.random.default_rng(0)
+    e = rng.normal(size=(ways * (shots + 5), 256)).astype(np.float32).astype(np.float64)
+    n = ways * shots
+    want, _ = ref_prototypical(e[:n], np.repeat(np.arange(ways), shots), e[n:], np.repeat(np.arange(ways), 5),
+                               ways, "squared")
+    np.testing.assert_allclose(loss, want, rtol=1e-4)
+    assert np.isfinite(grad_sum) and grad_sum > 0
 
 
 def test_batched_prototypical_is_mean_over_episodes():

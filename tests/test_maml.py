@@ -13,7 +13,8 @@ from jax.flatten_util import ravel_pytree
 from configs import maml as maml_config
 from navee_jax.errors import UserError
 from navee_jax.meta import maml
-from navee_jax.meta.conv import shifted_slices_conv
+from navee_jax.meta.conv import reshape_max_pool, shifted_slices_conv
+from navee_jax.models.conv4 import ConvBlock, max_pool_2x2
 from navee_jax.meta.train import build_network, check_config
 
 WAYS, SHOTS, QUERIES, TASKS, STEPS = 3, 2, 2, 2, 2
@@ -127,11 +128,44 @@ def test_batchnorm_normalises_with_the_batch_it_is_given():
     apply = jax.jit(apply)
     x = tasks["query_images"][0]
     assert not np.allclose(apply(params, x)[:2], apply(params, x[:2]), atol=1e-4)
-    reference = build_network(tiny_config(), nnx.Rngs(4))
+    np.testing.assert_allclose(apply(params, x), _flax_network(4)(x), rtol=1e-4, atol=1e-5)
+
+
+def _flax_network(seed: int) -> nnx.Module:
+    """build_network's Conv-4 with flax's own convolutions and max-pools instead of use_matmul_convs'."""
+    reference = build_network(tiny_config(), nnx.Rngs(seed))
     for _, m in nnx.iter_graph(reference):
         if isinstance(m, nnx.Conv):
             m.conv_general_dilated = jax.lax.conv_general_dilated
-    np.testing.assert_allclose(apply(params, x), reference(x), rtol=1e-4, atol=1e-5)
+        if isinstance(m, ConvBlock):
+            m.pool = max_pool_2x2
+    return reference
+
+
+@pytest.mark.parametrize("size", [7, 8])
+def test_reshape_max_pool_equals_max_pool_with_first_and_second_derivatives_vmapped(size):
+    x = jnp.asarray(np.random.default_rng(size).normal(size=(3, 2, size, size, 4)), jnp.float32)
+
+    def derivatives(pool):
+        f = lambda a: jnp.sum(jnp.sin(pool(a)) * jnp.arange(1.0, 5.0))  # noqa: E731
+        second = jax.grad(lambda a: jnp.sum(jax.grad(f)(a) ** 3))
+        return jax.jit(jax.vmap(lambda a: (pool(a), jax.grad(f)(a), second(a))))(x)
+
+    for ours, reference in zip(derivatives(reshape_max_pool), derivatives(max_pool_2x2)):
+        np.testing.assert_allclose(ours, reference, rtol=1e-6, atol=1e-6)
+
+
+def test_meta_gradient_of_the_vmapped_network_equals_flax_convolutions_and_pools_on_binary_drawings():
+    """Binary images tie many pooled maxima at positive values (equal patches); the jitted, vmapped
+    second-order meta-gradient of use_matmul_convs' network still equals the flax network's."""
+    apply, params, tasks = tiny_problem(jnp.float32, seed=5)
+    tasks = {k: (v > 0.5).astype(np.float32) if k.endswith("images") else v for k, v in tasks.items()}
+    graphdef, _, rest = nnx.split(_flax_network(5), nnx.Param, ...)
+    reference = maml.make_apply(graphdef, rest)
+    sizes = maml.constant_step_sizes(params, 0.4)
+    grads = [jax.jit(jax.grad(lambda p, a=a: maml.meta_objective(a, p, sizes, tasks, STEPS)[0]))(params)
+             for a in (apply, reference)]
+    assert relative_error(*grads) < 1e-5
 
 
 @pytest.mark.parametrize("cin,cout,size,pad", [(3, 5, 7, 1), (2, 3, 6, 2)])

@@ -175,3 +175,23 @@ def test_evaluate_mode_needs_a_trained_workdir_and_writes_nothing_otherwise(tmp_
     afile.write_text("x")
     r = run_launch(["--config=configs/triplet.py:digits", *TINY, f"--workdir={afile}"], timeout=120)
     assert r.returncode == 2 and "is a file, not a folder" in _one_line(r.stderr)
+
+
+@pytest.mark.parametrize("deleted", ["lock file", "workdir"])
+def test_releasing_the_workdir_lock_survives_its_file_or_workdir_deleted_meanwhile(tmp_path, deleted):
+    """A run whose workdir was cleaned by hand while it ran keeps its results: releasing the lock then has
+    nothing to remove, instead of ending the run with a FileNotFoundError."""
+    import shutil
+
+    from navee_jax.workdir_lock import WorkdirLock
+
+    workdir = tmp_path / "run"
+    with WorkdirLock(str(workdir)) as lock:
+        assert os.path.exists(lock.path)
+        if deleted == "lock file":
+            os.remove(lock.path)
+        else:
+            shutil.rmtree(workdir)
+    assert not (workdir / "lock").exists()
+    with WorkdirLock(str(workdir)):  # and the workdir can be locked again
+        assert (workdir / "lock").exists()

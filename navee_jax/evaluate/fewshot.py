@@ -34,6 +34,7 @@ import numpy as np
 
 from navee_jax.data.episodes import Episodes, EpisodeSampler
 from navee_jax.distances import pairwise_distances
+from navee_jax.losses.registry import Distance
 from navee_jax.evaluate import classifiers
 from navee_jax.evaluate.classifiers import MLPSearch
 from navee_jax.evaluate.nearest import NearestNeighbourTable
@@ -56,9 +57,12 @@ def _knn_from_embeddings(support_emb, query_emb, s_idx, s_lab, q_idx, k, ways):
 _pairwise_squared = jax.jit(partial(pairwise_distances, metric="squared"))
 
 
-def _distance_matrix(query_emb: jax.Array, support_emb: jax.Array, chunk: int = 1024) -> jax.Array:
+def _distance_matrix(query_emb: jax.Array, support_emb: jax.Array, distance: Distance | None = None,
+                     chunk: int = 1024) -> jax.Array:
+    """(Q, S) distances, squared Euclidean unless `distance` is given."""
+    fn = distance or _pairwise_squared
     # At least one chunk, so that an empty query pool gives an empty (0, S) matrix.
-    return jnp.concatenate([_pairwise_squared(query_emb[i:i + chunk], support_emb)
+    return jnp.concatenate([fn(query_emb[i:i + chunk], support_emb)
                             for i in range(0, max(query_emb.shape[0], 1), chunk)])
 
 
@@ -81,7 +85,7 @@ def few_shot_grid(support_emb: np.ndarray, support_labels: np.ndarray, query_emb
                   query_labels: np.ndarray, ways: tuple[int, ...] = (2, 5, 10, 20, 50),
                   shots: tuple[int, ...] = (1, 2, 3, 5, 10), queries: int = 15, episodes: int = 50, seed: int = 0,
                   classifier: str = "1nn", *, k: int = 5, C: float = 1.0, mlp: MLPSearch | None = None,
-                  max_matrix_bytes: int = 1 << 30) -> list[FewShotCell]:
+                  max_matrix_bytes: int = 1 << 30, distance: Distance | None = None) -> list[FewShotCell]:
     """Mean episode accuracy and 95% CI for every N-way K-shot cell, one `FewShotCell` per (N, K) in the
     order of `itertools.product(ways, shots)`, its classifier field `classifier`.
 
@@ -95,6 +99,9 @@ def few_shot_grid(support_emb: np.ndarray, support_labels: np.ndarray, query_emb
     `navee_jax.evaluate.nearest.NearestNeighbourTable` (exact, decided in float64; that memory plus 128 MB
     of scratch) and k-NN gathers each episode's block of the squared-distance matrix (memory per cell about
     E * (N*Q) * (N*K) * 4 bytes); otherwise each episode computes its own distances in float32.
+    `distance` replaces the squared Euclidean distance of the neighbour rules by a method's own ranking (e.g.
+    a verification head's, navee_jax.losses.verification): its whole (Q, S) matrix is computed once, whatever
+    `max_matrix_bytes`; the other classifiers work on the embeddings as they are.
     """
     if classifier not in CLASSIFIERS:
         raise ValueError(f"unknown classifier {classifier!r}; available: {', '.join(CLASSIFIERS)}")
@@ -104,12 +111,12 @@ def few_shot_grid(support_emb: np.ndarray, support_labels: np.ndarray, query_emb
     mlp = mlp or MLPSearch()
     neighbours = {"1nn": 1, "knn": k}.get(classifier)
     support_np, query_np = np.asarray(support_emb, np.float32), np.asarray(query_emb, np.float32)
-    fits = neighbours is not None and len(query_np) * len(support_np) * 4 <= max_matrix_bytes
-    nearest = NearestNeighbourTable(support_np, query_np) if fits and neighbours == 1 else None
+    fits = neighbours is not None and (distance is not None or len(query_np) * len(support_np) * 4 <= max_matrix_bytes)
+    nearest = NearestNeighbourTable(support_np, query_np) if fits and neighbours == 1 and distance is None else None
     # Device copies only for the classifiers that read them (1-NN's table and the MLP work on the host).
     support_j, query_j = ((None, None) if nearest is not None or classifier == "mlp"
                           else (jnp.asarray(support_np), jnp.asarray(query_np)))
-    dist = _distance_matrix(query_j, support_j) if fits and nearest is None else None
+    dist = _distance_matrix(query_j, support_j, distance) if fits and nearest is None else None
     sampler = EpisodeSampler(support_labels, query_labels)
     report: list[FewShotCell] = []
     for n, shot in itertools.product(ways, shots):
@@ -171,7 +178,8 @@ def standard_protocol(support_emb: np.ndarray, support_labels: np.ndarray, query
 
 def few_shot_report(support_emb: np.ndarray, support_labels: np.ndarray, query_emb: np.ndarray,
                     query_labels: np.ndarray, ways: int, shots: tuple[int, ...], queries: int,
-                    num_episodes: int, seed: int, classifier: str = "1nn") -> list[FewShotCell]:
+                    num_episodes: int, seed: int, classifier: str = "1nn",
+                    distance: Distance | None = None) -> list[FewShotCell]:
     """The held-out evaluator's report: one N, several K (`few_shot_grid` with a single row)."""
     return few_shot_grid(support_emb, support_labels, query_emb, query_labels, ways=(ways,), shots=tuple(shots),
-                         queries=queries, episodes=num_episodes, seed=seed, classifier=classifier)
+                         queries=queries, episodes=num_episodes, seed=seed, classifier=classifier, distance=distance)

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from navee_jax.distances import pairwise_distances
+from navee_jax.losses.registry import Distance
 
 
 @partial(jax.jit, static_argnames=("metric",))
@@ -92,22 +93,25 @@ def ranking_metrics(distances: np.ndarray, relevant: np.ndarray, ks: tuple[int, 
 
 def retrieval_metrics(query: np.ndarray, query_labels: np.ndarray, gallery: np.ndarray, gallery_labels: np.ndarray,
                       metric: str = "euclidean", ks: tuple[int, ...] = (1, 5, 10),
-                      chunk: int = 1024) -> dict[str, float | int]:
+                      chunk: int = 1024, distance: Distance | None = None) -> dict[str, float | int]:
     """{"map", "map_at_r", "recall_at_K" for K in ks, "queries_scored", "queries_without_relevant"}.
 
     Means over the queries that have a relevant gallery item (NaN if none has). Queries are processed `chunk`
     at a time, so the largest distance matrix is chunk x gallery: peak host memory is about
     40 bytes * chunk * len(gallery) (float32 distances of this chunk and the next, computed meanwhile, then the
     64-bit sort keys, the order and the relevance), e.g. 4 GB for chunk=1024 and a 100k-image gallery; lower
-    `chunk` for larger galleries.
+    `chunk` for larger galleries. `distance` (non-negative; compiled, as it is called per chunk) ranks
+    instead of `metric`: a method's own ranking, e.g. a verification head's (navee_jax.losses.verification).
     """
     if chunk < 1 or any(k < 1 for k in ks):
         raise ValueError(f"chunk and every K must be >= 1; got chunk={chunk}, ks={ks}")
     query_labels, gallery_labels = np.asarray(query_labels), np.asarray(gallery_labels)
     gallery_j = jnp.asarray(gallery)
 
+    by = distance or partial(_distances, metric=metric)
+
     def distances(start: int) -> jax.Array:
-        return _distances(jnp.asarray(query[start:start + chunk]), gallery_j, metric)
+        return by(jnp.asarray(query[start:start + chunk]), gallery_j)
 
     parts, upcoming = [], distances(0) if len(query) else None
     for start in range(0, len(query), chunk):

@@ -49,6 +49,7 @@ LOSS_KEYS = {
     "protonet": ("metric",),
     "multi_similarity": ("alpha", "beta", "base", "epsilon"),
     "proxy_anchor": ("alpha", "delta"),
+    "verification": (),
     "maml": ("inner_steps", "inner_lr", "eval_inner_steps", "first_order", "learn_inner_lr"),
 }
 
@@ -148,7 +149,7 @@ RULES: dict[str, Rule] = {
     "model.remove_top_layers": integer(0, CLASSIFIER_LAYERS),  # vgg's classifier layers
     "model.pretrained": text(),
     "model.compute_dtype": one_of(COMPUTE_DTYPES),
-    "model.embed_dim": integer(1),
+    "model.embed_dim": integer(0),  # 0: the backbone's features, no projection
     "model.normalize": BOOL,
     "model.frozen_batchnorm": BOOL,
     "model.frozen_stages": tuple_of(text(), example="('conv1', 'bn1', 'layer1')"),  # names checked in CROSS

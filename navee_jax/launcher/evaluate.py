@@ -71,16 +71,18 @@ def _restore(setup: Setup, workdir: str, checkpoint: str) -> tuple[Any, str] | N
 
 
 def _evaluate_source(support: np.ndarray, query: np.ndarray, support_labels: np.ndarray, query_labels: np.ndarray,
-                     config: ml_collections.ConfigDict) -> dict[str, Any]:
+                     config: ml_collections.ConfigDict, distance: Any = None) -> dict[str, Any]:
+    """`distance`: the method's own ranking for a network source (Trainer.distance_of), None otherwise."""
     e = config.eval
     standard = [cell.to_dict() for classifier in e.classifiers
                 for cell in standard_protocol(support, support_labels, query, query_labels, classifier=classifier,
                                               queries=e.queries_per_class, episodes=e.standard_episodes,
-                                              seed=config.seed)]
+                                              seed=config.seed, distance=distance)]
     grid = few_shot_grid(support, support_labels, query, query_labels, ways=tuple(e.grid_ways),
                          shots=tuple(e.grid_shots), queries=e.queries_per_class, episodes=e.episodes,
-                         seed=config.seed)
-    return {"retrieval": retrieval_metrics(query, query_labels, support, support_labels, metric=e.metric),
+                         seed=config.seed, distance=distance)
+    return {"retrieval": retrieval_metrics(query, query_labels, support, support_labels, metric=e.metric,
+                                           distance=distance),
             "standard": standard, "grid": [cell.to_dict() for cell in grid]}
 
 
@@ -92,7 +94,7 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, checkpoint: st
     setup = build_setup(config)
     catalogue, split, trainer = setup.catalogue, setup.split, setup.trainer
     support_labels, query_labels = catalogue.labels[split.support], catalogue.labels[split.query]
-    features = HeldoutEvaluator(catalogue, split, config, trainer.embed_fn, setup.mesh)
+    features = HeldoutEvaluator(catalogue, split, config, trainer.embed_fn, setup.mesh, trainer.distance_of)
 
     networks = {}
     restored = _restore(setup, workdir, checkpoint)
@@ -122,7 +124,10 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, checkpoint: st
 
     for name, (support, query) in embedded.items():
         print(f"evaluate: {name}")
-        results["sources"][name].update(_evaluate_source(support, query, support_labels, query_labels, config))
+        distance = (trainer.distance_of(networks[name][0])
+                    if name in networks and trainer.distance_of is not None else None)
+        results["sources"][name].update(_evaluate_source(support, query, support_labels, query_labels, config,
+                                                         distance))
         slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
         figs[f"{name}: N-way K-shot 1-NN accuracy"] = figures.accuracy_heatmap(
             results["sources"][name]["grid"], os.path.join(report_dir, f"grid_{slug}.png"), title=name)

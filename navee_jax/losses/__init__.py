@@ -28,6 +28,7 @@ from navee_jax.losses.triplet import (
     sampled_triplet_loss,
     triplet_loss,
 )
+from navee_jax.losses.verification import verification_distance, verification_loss, verification_scores
 
 __all__ = [
     "LOSSES",
@@ -58,4 +59,7 @@ __all__ = [
     "top_fraction_mask",
     "triplet_loss",
     "triplet_mask",
+    "verification_distance",
+    "verification_loss",
+    "verification_scores",
 ]

@@ -28,9 +28,11 @@ def prototypical_loss(support: jax.Array, support_labels: jax.Array, query: jax.
     aux: accuracy (argmax over prototypes == label, over valid queries; ties go to the lower class),
     valid_fraction (valid queries / Q), prototype_fraction (classes with a prototype / C).
     """
-    one_hot = jax.nn.one_hot(support_labels, num_classes, dtype=support.dtype)  # zero row when out of range
-    counts = jnp.sum(one_hot, axis=0)
-    sums = jnp.einsum("sc,sd->cd", one_hot, support, precision=jax.lax.Precision.HIGHEST)
+    # Per-class sums by segment_sum (out-of-range labels are dropped), not a one-hot matrix product: with
+    # 20 or more ways, jaxlib 0.10.2's XLA:CPU fuses that product's gradient into a YNNPACK reduction that
+    # segfaults (jax-ml/jax#39257; docs/omniglot.md). segment_sum is exact in float32 as well.
+    counts = jax.ops.segment_sum(jnp.ones_like(support_labels, support.dtype), support_labels, num_classes)
+    sums = jax.ops.segment_sum(support, support_labels, num_classes)
     prototypes = sums / jnp.maximum(counts, 1.0)[:, None]
     has_prototype = counts > 0
     distances = pairwise_distances(query, prototypes, metric)

@@ -58,7 +58,7 @@ def proxy_anchor_loss(embeddings: jax.Array, labels: jax.Array, proxies: jax.Arr
 @register_loss("proxy_anchor", samplers=("pk",))
 def _objective(config: ml_collections.ConfigDict, train_labels: np.ndarray) -> Objective:
     """One proxy per training class, indexed by a catalogue-label -> row table."""
-    loss, dim = config.loss, config.model.embed_dim
+    loss = config.loss
     classes = np.unique(train_labels)
     row = np.full(int(train_labels.max()) + 1, -1, np.int32)
     row[classes] = np.arange(len(classes))
@@ -66,4 +66,4 @@ def _objective(config: ml_collections.ConfigDict, train_labels: np.ndarray) -> O
 
     def on_pk(emb, batch, params):
         return proxy_anchor_loss(emb, row_of[batch["labels"]], params["proxies"], loss.alpha, loss.delta)
-    return Objective(on_pk, lambda key: {"proxies": init_proxies(key, len(classes), dim)})
+    return Objective(on_pk, lambda key, dim: {"proxies": init_proxies(key, len(classes), dim)})

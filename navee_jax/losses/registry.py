@@ -21,29 +21,40 @@ from navee_jax.errors import UserError
 LossOnBatch = Callable[[jax.Array, dict[str, jax.Array], dict[str, jax.Array]], tuple[jax.Array, dict]]
 
 
-def no_params(_key: jax.Array) -> dict[str, jax.Array]:
+# (queries (n, d), gallery (m, d)) -> (n, m) non-negative distances, lower for more alike images; compiled
+# (jitted), since the evaluators call it chunk by chunk
+Distance = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def no_params(_key: jax.Array, _dim: int) -> dict[str, jax.Array]:
     return {}
 
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
     loss: LossOnBatch
-    init_params: Callable[[jax.Array], dict[str, jax.Array]] = no_params  # PRNG key -> the loss's parameters
+    # (PRNG key, embedding size) -> the loss's parameters
+    init_params: Callable[[jax.Array, int], dict[str, jax.Array]] = no_params
+    # The loss's own ranking of images, from its parameters (e.g. a verification head's score), which the
+    # evaluators then use (the recognizer's search is Euclidean only); None: `eval.metric` on the embeddings.
+    distance: Callable[[dict[str, jax.Array]], Distance] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class LossEntry:
     samplers: tuple[str, ...]
     build: Callable[[ml_collections.ConfigDict, np.ndarray], Objective]  # (config, training image labels)
+    own_distance: bool = False  # its objectives rank by `Objective.distance`, not by Euclidean distance
 
 
 LOSSES: dict[str, LossEntry] = {}
 
 
-def register_loss(name: str, samplers: tuple[str, ...]):
-    """Decorator registering `build(config, train_labels) -> Objective` as `loss.name=<name>`."""
+def register_loss(name: str, samplers: tuple[str, ...], own_distance: bool = False):
+    """Decorator registering `build(config, train_labels) -> Objective` as `loss.name=<name>`; `own_distance`:
+    its objectives set `distance`."""
     def register(build: Callable[[ml_collections.ConfigDict, np.ndarray], Objective]):
-        LOSSES[name] = LossEntry(tuple(samplers), build)
+        LOSSES[name] = LossEntry(tuple(samplers), build, own_distance)
         return build
     return register
 

@@ -8,7 +8,13 @@ on the channel axis, then one `dot_general` with the (kh * kw * C_in, C_out) ker
 vmaps into a batched matrix product instead, which every backend runs fast; its gradients are slices,
 pads and matrix products too. It computes exactly `lax.conv_general_dilated`'s function (tested).
 
-`use_matmul_convs(model)` installs it in every `nnx.Conv` of a model (their `conv_general_dilated` hook).
+The 2x2 max-pools have the same problem: vmapped, `lax.reduce_window` and its gradient
+(`select_and_scatter`) take XLA:CPU's slow generic path, 2x slower than one call per task. `reshape_max_pool`
+pools by reshapes and elementwise products instead, which vmap into the same operations with one more batch
+axis (docs/maml.md, bench/maml_step.py).
+
+`use_matmul_convs(model)` installs both: the convolution in every `nnx.Conv` of a model (their
+`conv_general_dilated` hook) and the pool in every Conv-4 block (their `pool` hook).
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from navee_jax.models.conv4 import ConvBlock
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -47,9 +55,30 @@ def shifted_slices_conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence
     return jnp.einsum("nhwk,ko->nhwo", patches, rhs.reshape(kh * kw * cin, cout), precision=precision)
 
 
+def _max_of_pairs(x: jax.Array) -> jax.Array:
+    """(m, 2, c) -> (m, c): the larger of each pair, the first on a tie, as a product with the one-hot of its
+    position. Its gradient goes to that position only; the position is computed once in the forward pass.
+    (jnp.max's gradient instead compares its input with the maximum again, and XLA may recompute that input
+    with other rounding inside a fused backward pass: under jit, 10% of the gradient was lost, measured.)"""
+    return jnp.sum(x * jax.nn.one_hot(jnp.argmax(x, axis=1), 2, axis=1, dtype=x.dtype), axis=1)
+
+
+def reshape_max_pool(x: jax.Array) -> jax.Array:
+    """`max_pool_2x2` of NHWC `x` (odd sizes floored, the first maximum of a window takes the gradient), by
+    reshapes: the larger of each pair of columns, then of each pair of rows. Every step is a rank-3 array, so
+    vmapped it stays rank 4 (jaxlib 0.10.2's YNNPACK reductions go wrong on rank 7: jax-ml/jax#40412)."""
+    n, h, w, c = x.shape
+    h, w = h // 2, w // 2
+    x = _max_of_pairs(x[:, :2 * h, :2 * w].reshape(n * 2 * h * w, 2, c))
+    return _max_of_pairs(x.reshape(n * h, 2, w * c)).reshape(n, h, w, c)
+
+
 def use_matmul_convs(model: nnx.Module) -> nnx.Module:
-    """Every `nnx.Conv` in `model` computes with `shifted_slices_conv` (same function, same parameters)."""
+    """Every `nnx.Conv` in `model` computes with `shifted_slices_conv` and every Conv-4 block pools with
+    `reshape_max_pool` (same functions, same parameters)."""
     for _, module in nnx.iter_graph(model):
         if isinstance(module, nnx.Conv):
             module.conv_general_dilated = shifted_slices_conv
+        if isinstance(module, ConvBlock):
+            module.pool = reshape_max_pool
     return model

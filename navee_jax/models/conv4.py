@@ -17,20 +17,26 @@ from navee_jax.errors import UserError
 NUM_BLOCKS = 4
 
 
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """2x2 max-pool, stride 2; VALID pooling floors odd sizes (7 -> 3), as torch's MaxPool2d(2) does."""
+    return nnx.max_pool(x, (2, 2), strides=(2, 2))
+
+
 class ConvBlock(nnx.Module):
     """3x3 conv (with bias, as in the reference implementations and their parameter counts) - BN - ReLU - pool.
 
     Initialisation is Flax's default: the papers used their framework's defaults, not a particular scheme.
+    `pool` is a hook (like nnx.Conv's `conv_general_dilated`): MAML installs a form that vmaps well.
     """
 
     def __init__(self, cin: int, cout: int, rngs: nnx.Rngs):
         self.conv = nnx.Conv(cin, cout, (3, 3), padding=((1, 1), (1, 1)), rngs=rngs)
         # torch momentum 0.1 == flax momentum 0.9; torch eps 1e-5.
         self.bn = nnx.BatchNorm(cout, momentum=0.9, epsilon=1e-5, rngs=rngs)
+        self.pool = max_pool_2x2
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        # VALID pooling floors odd sizes (7 -> 3), as torch's MaxPool2d(2) does.
-        return nnx.max_pool(nnx.relu(self.bn(self.conv(x))), (2, 2), strides=(2, 2))
+        return self.pool(nnx.relu(self.bn(self.conv(x))))
 
 
 class Conv4(nnx.Module):

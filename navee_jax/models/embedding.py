@@ -1,5 +1,6 @@
 """Backbone + embedding head: features -> linear projection to embed_dim -> optional BatchNorm ->
-optional L2 norm."""
+optional L2 norm. embed_dim 0 keeps the backbone's features as they are (no projection), as Koch et al.'s
+siamese twin, whose 4096 sigmoid units are its embedding."""
 
 from __future__ import annotations
 
@@ -13,12 +14,15 @@ class EmbeddingNet(nnx.Module):
     def __init__(self, backbone: nnx.Module, embed_dim: int, normalize: bool, batchnorm: bool = False, *,
                  rngs: nnx.Rngs):
         self.backbone = backbone
-        self.head = nnx.Linear(backbone.out_features, embed_dim, rngs=rngs)
-        self.head_bn = nnx.BatchNorm(embed_dim, momentum=0.9, epsilon=1e-5, rngs=rngs) if batchnorm else None
+        self.head = nnx.Linear(backbone.out_features, embed_dim, rngs=rngs) if embed_dim else None
+        self.out_features = embed_dim or backbone.out_features
+        self.head_bn = nnx.BatchNorm(self.out_features, momentum=0.9, epsilon=1e-5, rngs=rngs) if batchnorm else None
         self.normalize = normalize
 
     def __call__(self, images: jax.Array) -> jax.Array:
-        z = self.head(self.backbone(images))
+        z = self.backbone(images)
+        if self.head is not None:
+            z = self.head(z)
         if self.head_bn is not None:
             z = self.head_bn(z)
         return l2_normalize(z) if self.normalize else z

@@ -3,7 +3,8 @@
 Twin network (105x105x1 Omniglot characters):
 conv 64@10x10 ReLU, max-pool 2; conv 128@7x7 ReLU, max-pool 2; conv 128@4x4 ReLU, max-pool 2;
 conv 256@4x4 ReLU; flatten (6x6x256 = 9216); dense 4096 sigmoid. Convs are unpadded, stride 1.
-The verification head compares two twin outputs: p = sigmoid(sum_j alpha_j |h1_j - h2_j| + b).
+The verification head that compares two twin outputs, p = sigmoid(sum_j alpha_j |h1_j - h2_j| + b), is the
+loss's (navee_jax.losses.verification): its alpha and b train with it and rank at evaluation.
 """
 
 from __future__ import annotations
@@ -62,20 +63,6 @@ class KochNet(nnx.Module):
             if pool:
                 x = nnx.max_pool(x, (2, 2), strides=(2, 2))
         return nnx.sigmoid(self.fc(x.reshape(x.shape[0], -1)))
-
-
-class KochVerificationHead(nnx.Module):
-    """p(same class) = sigmoid(alpha . |h1 - h2| + b): a weighted L1 distance between twin outputs."""
-
-    def __init__(self, features: int = 4096, *, rngs: nnx.Rngs):
-        self.fc = nnx.Linear(features, 1, kernel_init=_dense_weight_init, bias_init=_bias_init, rngs=rngs)
-
-    def logits(self, h1: jax.Array, h2: jax.Array) -> jax.Array:
-        """(N,) pre-sigmoid scores: what a binary cross-entropy loss should take, for numerical stability."""
-        return self.fc(jnp.abs(h1 - h2))[:, 0]
-
-    def __call__(self, h1: jax.Array, h2: jax.Array) -> jax.Array:
-        return nnx.sigmoid(self.logits(h1, h2))
 
 
 def koch(width: int = 64, *, rngs: nnx.Rngs, in_channels: int = 1, image_size: int = 105) -> KochNet:

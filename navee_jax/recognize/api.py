@@ -160,7 +160,7 @@ class Recognizer:
             "weights_sha256": _weights_sha256(model),
             "checkpoint": source,
         }
-        self.dim = int(config.model.embed_dim)
+        self.dim = int(model.out_features)
         self.gallery = Gallery(self.dim, self.fingerprint)
 
     @classmethod

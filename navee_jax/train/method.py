@@ -58,9 +58,12 @@ class MetricLearning(Method):
 
     def recognition_problem(self, config: ml_collections.ConfigDict) -> str | None:
         try:
-            loss_entry(config.loss.name)
+            entry = loss_entry(config.loss.name)
         except UserError as e:
             return str(e)
+        if entry.own_distance:
+            return (f"loss.name={config.loss.name!r} ranks images by its own learned score, and the gallery "
+                    f"search ranks by Euclidean distance; evaluate it with --mode=evaluate instead")
         return None
 
     def build(self, config: ml_collections.ConfigDict, catalogue: Catalogue, split: Split, mesh: jax.sharding.Mesh,
@@ -72,9 +75,13 @@ class MetricLearning(Method):
         prepare = image_normalizer(config.data, config.model.in_channels)
         model = build_model(config.model, nnx.Rngs(config.seed), config.data.image_size, cpu_tuned=cpu_tuned(mesh))
         frozen = tuple(config.model.frozen_stages)
+        loss_params = objective.init_params(jax.random.key(config.seed), model.out_features)
         graphdef, eval_graphdef, state = init_train_state(model, tx, config.model.frozen_batchnorm, frozen,
-                                                          objective.init_params(jax.random.key(config.seed)))
+                                                          loss_params)
         embed_fn = make_embed_fn(eval_graphdef, mesh, prepare)
+        # A loss with its own ranking (a verification head) is evaluated by it, with the state's parameters.
+        distance = objective.distance
+        distance_of = None if distance is None else (lambda state: distance(state.loss_params))
         return Trainer(
             state=jax.device_put(state, replicated(mesh)),
             train_step=make_train_step(graphdef, tx, objective.loss, mesh, prepare, frozen),
@@ -82,7 +89,8 @@ class MetricLearning(Method):
             # an episode's images are split between processes, its labels are not
             replicated_keys=("support_labels", "query_labels") if config.sampler.kind == "episodes" else (),
             schedule=schedule, embed_fn=embed_fn,
-            evaluators=(HeldoutEvaluator(catalogue, split, config, embed_fn, mesh),))
+            evaluators=(HeldoutEvaluator(catalogue, split, config, embed_fn, mesh, distance_of),),
+            distance_of=distance_of)
 
 
 register_method(MetricLearning())

@@ -1,0 +1,141 @@
+"""docs/omniglot.md's table: every method trained on Omniglot's background set (`:omniglot_background`, 5 whole
+alphabets held out), then 5-way and 20-way, 1-shot and 5-shot accuracy over 600 episodes on those alphabets.
+
+    python bench/omniglot_table.py [--root runs/omniglot] [--only protonet,triplet]
+
+For each method: `python launch.py --config=configs/<config>.py:omniglot_background --workdir=<root>/<name>
+<its overrides>` (skipped when the workdir already holds a finished run; an unfinished one resumes), its wall
+time recorded in <root>/<name>/train_seconds.json; then the same command with `--mode=evaluate` and the grid
+below (skipped when its report exists). The table, with the papers' numbers beside it, is printed and written to
+<root>/table.md. Needs ../shared/data/omniglot_background. About 1.5 hours on a 2-core CPU in all.
+
+1-NN on the method's embedding (a verification network ranks by its own score), and for MAML also its own
+classifier: fine-tuning on each 5-way episode's support set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from configs.common import OMNIGLOT_BACKGROUND  # noqa: E402
+
+# name -> (config, overrides, how it was trained). Each is that config's :omniglot_background variant (Conv-4 at
+# 28x28 unless said otherwise), sized to train in at most about an hour on 2 CPU cores.
+RUNS = {
+    "protonet": ("protonet", ["--config.sampler.ways=60", "--config.sampler.shots=1", "--config.sampler.queries=5",
+                              "--config.train.steps_per_epoch=500", "--config.train.num_epochs=8",
+                              "--config.optim.decay_every_epochs=4"],
+                 "60-way 1-shot episodes, 5 queries per class (the paper's); Adam 1e-3 halved every 2,000 episodes; "
+                 "4,000 episodes"),
+    "triplet": ("triplet", ["--config.train.num_epochs=5", "--config.optim.decay_every_epochs=4"],
+                "batch-hard, P=8 x K=4; Adam 1e-3, x0.1 after 4 epochs; 5 epochs of 2,023 steps"),
+    "contrastive": ("contrastive", ["--config.optim.lr=1e-3", "--config.train.steps_per_epoch=1000",
+                                    "--config.train.num_epochs=3", "--config.optim.decay_every_epochs=2"],
+                    "32 pairs a batch, p_same 0.4, margin 2, top half mined (the study's); Adam 1e-3 (the "
+                    "study's 5e-5 is too slow for this budget), x0.1 after 2,000 steps; 3,000 steps"),
+    # The papers' Adam 1e-4 fine-tunes ImageNet networks; Conv-4 learns from scratch here, at 1e-3.
+    "multi_similarity": ("multi_similarity", ["--config.optim.lr=1e-3", "--config.train.steps_per_epoch=1000",
+                                              "--config.train.num_epochs=3", "--config.optim.decay_every_epochs=2"],
+                         "P=8 x K=4, alpha 2, beta 50, lambda 0.5, epsilon 0.1 (the authors' code); Adam 1e-3, "
+                         "x0.1 after 2,000 steps; 3,000 steps"),
+    "proxy_anchor": ("proxy_anchor", ["--config.optim.lr=1e-3", "--config.train.steps_per_epoch=1000",
+                                      "--config.train.num_epochs=3", "--config.optim.decay_every_epochs=2"],
+                     "one proxy per training class (3,236) learning 100x faster, P=8 x K=4, alpha 32, delta 0.1 "
+                     "(the paper's); Adam 1e-3, x0.1 after 2,000 steps; 3,000 steps"),
+    "maml": ("maml", ["--config.train.steps_per_epoch=100", "--config.train.num_epochs=10"],
+             "second-order, 5-way 1-shot, meta-batch 32, inner lr 0.4, 1 inner step (3 at test), the paper's; "
+             "1,000 meta-steps (the paper: 60,000)"),
+    "siamese": ("siamese", ["--config.model.width=16", "--config.train.steps_per_epoch=400",
+                            "--config.train.num_epochs=3", "--config.optim.decay_every_epochs=2"],
+                "Koch's CNN at the paper's 105x105 with a quarter of its width (16-32-32-64 filters, 4,096 "
+                "sigmoid features), L1 verification head, BCE on pairs half same, Koch's affine distortions; "
+                "Adam 1e-4; 1,200 steps of 32 pairs"),
+}
+
+CELLS = ((5, 1), (5, 5), (20, 1), (20, 5))
+PAPERS = [("ProtoNet (Snell et al. 2017)", (98.8, 99.7, 96.0, 98.9)),
+          ("MAML (Finn et al. 2017)", (98.7, 99.9, 95.8, 98.9)),
+          ("Matching Networks (Vinyals et al. 2016)", (98.1, 98.9, 93.8, 98.5))]
+EVALUATE = ["--mode=evaluate", "--config.eval.grid_ways=(5, 20)", "--config.eval.grid_shots=(1, 5)",
+            "--config.eval.episodes=600", "--config.eval.standard_episodes=600", "--config.eval.classifiers=('1nn',)",
+            "--config.eval.baselines=()"]
+
+
+def launch(args: list[str]) -> None:
+    command = [sys.executable, os.path.join(REPO, "launch.py"), *args]
+    print("$", " ".join(command[1:]), flush=True)
+    if subprocess.run(command, cwd=REPO).returncode != 0:
+        sys.exit(f"failed: {' '.join(command[1:])}")
+
+
+def train_and_evaluate(name: str, root: str) -> None:
+    config, overrides, _ = RUNS[name]
+    workdir = os.path.join(root, name)
+    base = [f"--config=configs/{config}.py:omniglot_background", f"--workdir={workdir}", *overrides]
+    metrics = os.path.join(workdir, "metrics.json")
+    if not (os.path.exists(metrics) and "final" in json.load(open(metrics))):
+        start = time.perf_counter()
+        launch(base)
+        with open(os.path.join(workdir, "train_seconds.json"), "w") as f:
+            json.dump({"seconds": time.perf_counter() - start}, f)
+    if not os.path.exists(os.path.join(workdir, "report", "report.json")):
+        launch(base + EVALUATE)
+
+
+def _cell(cells: list[dict], ways: int, shots: int, own: bool) -> str:
+    for c in cells:
+        if (c["ways"], c["shots"]) == (ways, shots) and (c["classifier"] != "1nn") == own and c.get("mean") is not None:
+            return f"{100 * c['mean']:.2f} +- {100 * c['ci95']:.2f}"
+    return ""
+
+
+def table(root: str, names: list[str]) -> str:
+    lines = ["| method (how trained) | 5-way 1-shot | 5-way 5-shot | 20-way 1-shot | 20-way 5-shot | training time |",
+             "|---|---|---|---|---|---|"]
+    for name in names:
+        path = os.path.join(root, name, "report", "report.json")
+        if not os.path.exists(path):
+            continue
+        trained = json.load(open(path))["sources"]["trained embedding"]
+        seconds = os.path.join(root, name, "train_seconds.json")
+        minutes = f"{json.load(open(seconds))['seconds'] / 60:.0f} min" if os.path.exists(seconds) else ""
+        how = RUNS[name][2]
+        lines.append(f"| {name}, 1-NN ({how}) | " + " | ".join(_cell(trained["grid"], w, k, False) for w, k in CELLS)
+                     + f" | {minutes} |")
+        own = [_cell(trained["standard"], w, k, True) for w, k in CELLS]
+        if any(own):
+            lines.append(f"| {name}, its own classifier (fine-tuned on each episode) | " + " | ".join(own) + " | |")
+    for paper, numbers in PAPERS:
+        lines.append(f"| {paper}, paper | " + " | ".join(f"{x}" for x in numbers) + " | |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--root", default=os.path.join(REPO, "runs", "omniglot"))
+    p.add_argument("--only", default=",".join(RUNS), help="comma-separated methods, of: " + ", ".join(RUNS))
+    a = p.parse_args()
+    names = [n for n in a.only.split(",") if n]
+    unknown = sorted(set(names) - set(RUNS))
+    if unknown:
+        sys.exit(f"--only: unknown {unknown}; choose from {list(RUNS)}")
+    if not os.path.isdir(OMNIGLOT_BACKGROUND):
+        sys.exit(f"skipped: {OMNIGLOT_BACKGROUND} is absent (Omniglot's background set, ../shared/data)")
+    for name in names:
+        train_and_evaluate(name, a.root)
+    text = table(a.root, list(RUNS))
+    with open(os.path.join(a.root, "table.md"), "w") as f:
+        f.write(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
