@@ -7,7 +7,7 @@ For each method: `python launch.py --config=configs/<config>.py:omniglot_backgro
 <its overrides>` (skipped when the workdir already holds a finished run; an unfinished one resumes), its wall
 time recorded in <root>/<name>/train_seconds.json; then the same command with `--mode=evaluate` and the grid
 below (skipped when its report exists). The table, with the papers' numbers beside it, is printed and written to
-<root>/table.md. Needs ../shared/data/omniglot_background. About 1.5 hours on a 2-core CPU in all.
+<root>/table.md. Needs ../shared/data/omniglot_background. About 2 hours on an idle 2-core CPU in all.
 
 1-NN on the method's embedding (a verification network ranks by its own score), and for MAML also its own
 classifier: fine-tuning on each 5-way episode's support set.
