@@ -27,6 +27,7 @@ from navee_jax.evaluate.baselines import BASELINES, features_for
 from navee_jax.evaluate.fewshot import few_shot_grid, standard_protocol
 from navee_jax.evaluate.report import write_report
 from navee_jax.evaluate.retrieval import retrieval_metrics
+from navee_jax.losses.registry import Distance
 from navee_jax.checkpoints import Checkpoints
 from navee_jax.evaluate.heldout import HeldoutEvaluator
 from navee_jax.launcher.train import Setup, build_setup
@@ -71,7 +72,7 @@ def _restore(setup: Setup, workdir: str, checkpoint: str) -> tuple[Any, str] | N
 
 
 def _evaluate_source(support: np.ndarray, query: np.ndarray, support_labels: np.ndarray, query_labels: np.ndarray,
-                     config: ml_collections.ConfigDict, distance: Any = None) -> dict[str, Any]:
+                     config: ml_collections.ConfigDict, distance: Distance | None = None) -> dict[str, Any]:
     """`distance`: the method's own ranking for a network source (Trainer.distance_of), None otherwise."""
     e = config.eval
     standard = [cell.to_dict() for classifier in e.classifiers
@@ -94,7 +95,7 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, checkpoint: st
     setup = build_setup(config)
     catalogue, split, trainer = setup.catalogue, setup.split, setup.trainer
     support_labels, query_labels = catalogue.labels[split.support], catalogue.labels[split.query]
-    features = HeldoutEvaluator(catalogue, split, config, trainer.embed_fn, setup.mesh, trainer.distance_of)
+    features = HeldoutEvaluator(catalogue, split, config, trainer.embed_fn, setup.mesh)  # embeds; ranks below
 
     networks = {}
     restored = _restore(setup, workdir, checkpoint)

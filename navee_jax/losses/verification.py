@@ -32,7 +32,8 @@ def init_verification_head(key: jax.Array, dim: int) -> dict[str, jax.Array]:
 
 
 def verification_scores(a: jax.Array, b: jax.Array, head: dict[str, jax.Array]) -> jax.Array:
-    """(n,) pre-sigmoid scores alpha . |a[i] - b[i]| + bias of the pairs (a[i], b[i]); a, b: (n, d)."""
+    """(n,) pre-sigmoid scores alpha . |a[i] - b[i]| + bias of the pairs (a[i], b[i]); a, b: (n, d), or one
+    row against many (broadcast)."""
     return jnp.abs(a - b) @ head["alpha"] + head["bias"]
 
 
@@ -56,7 +57,7 @@ def _distances(queries: jax.Array, gallery: jax.Array, head: dict[str, jax.Array
     if queries.shape[0] == 0:
         return jnp.zeros((0, gallery.shape[0]), queries.dtype)
     rows = max(1, min(queries.shape[0], _BLOCK_FLOATS // max(gallery.size, 1)))
-    scores = jax.lax.map(lambda q: jnp.abs(q - gallery) @ head["alpha"], queries, batch_size=rows) + head["bias"]
+    scores = jax.lax.map(lambda q: verification_scores(q, gallery, head), queries, batch_size=rows)
     return jax.nn.softplus(-scores)
 
 
