@@ -72,6 +72,12 @@ class Method(abc.ABC):
         """Why a workdir trained with this method cannot serve recognition (None: it can)."""
         return None
 
+    def recognition_distance(self, config: ml_collections.ConfigDict,
+                             loss_params: dict[str, Any]) -> Callable[[jax.Array, jax.Array], jax.Array] | None:
+        """The trained model's own ranking of images from its restored loss parameters, for the recognizer's
+        gallery (as `Trainer.distance_of` is for the evaluators); None: Euclidean distance."""
+        return None
+
 
 BUILT_IN = {"metric_learning": "navee_jax.train.method", "maml": "navee_jax.meta.method"}
 _registered: dict[str, Method] = {}

@@ -3,6 +3,8 @@ scikit-learn and NumPy references (no model, no data: fast)."""
 
 import json
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from sklearn.neighbors import NearestCentroid, NearestNeighbors
@@ -171,3 +173,44 @@ def test_leave_one_out_calibration_against_brute_force():
         assert c["far"] == pytest.approx(np.mean(neg <= c["threshold"])) and c["far"] <= 0.2
         assert c["recall"] == pytest.approx(np.mean(pos <= c["threshold"]))
     assert cal["source"] == "leave-one-out on the references"
+
+
+def _l1(q, g):
+    return jnp.sum(jnp.abs(q[:, None, :] - g[None, :, :]), axis=-1)
+
+
+def test_own_distance_search_and_calibration_against_brute_force():
+    """A gallery ranking by a method's own distance (here L1, as a verification head's |h1 - h2| is) gives
+    NumPy's brute-force ranking, with equal distances going to the article of the earlier image (nn) or
+    the earlier article (prototype), articles enrolled interleaved; its calibration scores use it too."""
+    rng = np.random.default_rng(8)
+    # Small integers, 4 images an article (means are exact quarters): many exact ties, exactly summed.
+    refs = rng.integers(0, 3, (28, 4)).astype(np.float32)
+    ref_lab = rng.permutation(np.repeat(np.arange(7), 4))
+    qs = rng.integers(0, 3, (25, 4)).astype(np.float32)
+    g = Gallery(4, FP, distance=jax.jit(_l1))
+    g.add(refs, [f"a{c}" for c in ref_lab])
+    article_of = np.array([g.articles.index(f"a{c}") for c in ref_lab])
+    full = np.abs(qs[:, None] - refs[None]).sum(-1)
+    per_article = np.stack([full[:, article_of == a].min(axis=1) for a in range(7)], axis=1)
+    first_best = np.stack([np.where(full == per_article[:, [a]], np.arange(28), 99)[:, article_of == a].min(axis=1)
+                           for a in range(7)], axis=1)
+    want = np.array([sorted(range(7), key=lambda a: (per_article[i, a], first_best[i, a]))[:3] for i in range(25)])
+    arts, dist = g.search(qs, k=3, mode="nn")
+    np.testing.assert_array_equal(arts, want)
+    np.testing.assert_allclose(dist, np.take_along_axis(per_article, want, axis=1))
+    means = np.stack([refs[article_of == a].mean(axis=0) for a in range(7)])
+    dp = np.abs(qs[:, None] - means[None]).sum(-1)
+    arts, dist = g.search(qs, k=2, mode="prototype")
+    np.testing.assert_array_equal(arts, np.argsort(dp, axis=1, kind="stable")[:, :2])
+    np.testing.assert_allclose(dist, np.sort(dp, axis=1)[:, :2], rtol=1e-6)
+    with pytest.raises(UserError, match="ranks by its own learned score: use index='exact'"):
+        g.search(qs, index="faiss")
+    positive, negative = g.match_scores(qs[:6], [g.articles[a] for a in want[:6, 1]], "nn")
+    np.testing.assert_allclose(positive, per_article[np.arange(6), want[:6, 1]])
+    np.testing.assert_allclose(negative, per_article[np.arange(6), want[:6, 0]])
+    positive, _ = g.leave_one_out_scores("nn")
+    d = np.abs(refs[:, None] - refs[None]).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    loo = np.concatenate([np.where(article_of[None] == a, d, np.inf)[article_of == a].min(axis=1) for a in range(7)])
+    np.testing.assert_allclose(np.sort(positive), np.sort(loo))

@@ -10,6 +10,7 @@ import pytest
 from conftest import run_launch
 from sklearn.metrics import average_precision_score
 
+from navee_jax.checkpoints import Checkpoints
 from navee_jax.data.episodes import EpisodeSampler
 from navee_jax.errors import UserError
 from navee_jax.evaluate.fewshot import few_shot_grid
@@ -22,6 +23,7 @@ from navee_jax.losses.verification import (
     verification_scores,
 )
 from navee_jax.recognize import Recognizer
+from navee_jax.recognize.export import export_embedding
 
 
 def _head(dim: int, seed: int = 0) -> dict:
@@ -111,7 +113,8 @@ def test_one_shot_decisions_pick_the_support_image_of_highest_score():
 
 def test_siamese_network_trains_and_beats_the_untrained_one_at_20_way_1_shot(tmp_path):
     """configs/siamese.py on glyphs (Koch's CNN at 1/8 width, 65x65, 80 steps): the pair loss falls, and 20-way 1-shot
-    accuracy by verification score on the 30 unseen letters clears the untrained network's, CIs apart."""
+    accuracy by verification score on the 30 unseen letters clears the untrained network's, CIs apart; and the
+    recognizer ranks by the same score."""
     r = run_launch(["--config=configs/siamese.py", f"--workdir={tmp_path}", "--config.model.width=8",
                     "--config.train.num_epochs=2", "--config.train.steps_per_epoch=40", "--config.optim.lr=1e-3",
                     "--config.eval.ways=20", "--config.eval.shots=(1,)", "--config.eval.episodes=60"])
@@ -122,5 +125,18 @@ def test_siamese_network_trains_and_beats_the_untrained_one_at_20_way_1_shot(tmp
     (before,), (after,) = m["initial"]["few_shot"], m["final"]["few_shot"]
     assert (before["ways"], before["shots"], after["ways"]) == (20, 1, 20)
     assert after["mean"] - after["ci95"] > before["mean"] + before["ci95"], (before, after)
-    with pytest.raises(UserError, match="ranks images by its own learned score"):
-        Recognizer.load(str(tmp_path))
+    # The recognizer ranks enrolled articles by the trained head's score too: NumPy's -log p(same) argmin.
+    rec = Recognizer.load(str(tmp_path))
+    ckpt = Checkpoints(str(tmp_path))
+    head = {k: np.asarray(v) for k, v in ckpt.restore_arrays(ckpt.resolve_step("best"))["loss_params"].items()}
+    ckpt.close()
+    rng = np.random.default_rng(0)
+    refs, queries = rng.integers(0, 256, (12, 65, 65, 1), np.uint8), rng.integers(0, 256, (5, 65, 65, 1), np.uint8)
+    rec.enroll(refs, [f"a{i % 4}" for i in range(12)])
+    predictions = rec.predict(queries, k=2)
+    distance = np.logaddexp(0.0, -_np_scores(rec.embed(queries), rec.embed(refs), head))  # softplus(-score)
+    per_article = np.stack([distance[:, i::4].min(axis=1) for i in range(4)], axis=1)
+    assert [p.article for p in predictions] == [f"a{i}" for i in per_article.argmin(axis=1)]
+    np.testing.assert_allclose([p.distance for p in predictions], per_article.min(axis=1), rtol=1e-4)
+    with pytest.raises(UserError, match="an exported embedding alone would rank wrongly"):
+        export_embedding(rec, str(tmp_path / "export"))

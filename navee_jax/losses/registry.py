@@ -36,7 +36,8 @@ class Objective:
     # (PRNG key, embedding size) -> the loss's parameters
     init_params: Callable[[jax.Array, int], dict[str, jax.Array]] = no_params
     # The loss's own ranking of images, from its parameters (e.g. a verification head's score), which the
-    # evaluators then use (the recognizer's search is Euclidean only); None: `eval.metric` on the embeddings.
+    # evaluators and the recognizer's gallery then use; None: `eval.metric` on the embeddings. Such a loss's
+    # builder must not need the training labels: a recognizer builds it from a checkpoint without them.
     distance: Callable[[dict[str, jax.Array]], Distance] | None = None
 
 

@@ -99,9 +99,10 @@ def _weights_into(model: nnx.Module, restored: dict[str, Any], where: str) -> No
     nnx.update(model, state)
 
 
-def _weights_sha256(model: nnx.Module) -> str:
+def _tree_sha256(tree: Any) -> str:
+    """SHA-256 of a tree of arrays: its paths and bytes, in path order."""
     h = hashlib.sha256()
-    for path, leaf in sorted(jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(nnx.state(model)))[0],
+    for path, leaf in sorted(jax.tree_util.tree_flatten_with_path(tree)[0],
                              key=lambda pl: jax.tree_util.keystr(pl[0])):
         h.update(jax.tree_util.keystr(path).encode())
         h.update(np.ascontiguousarray(leaf).tobytes())
@@ -140,8 +141,10 @@ class Recognizer:
     """A trained embedding with a gallery; see the module docstring."""
 
     def __init__(self, config: ml_collections.ConfigDict, model: nnx.Module, source: str,
-                 batch_size: int | None = None):
-        """`source`: the checkpoint folder the weights came from (recorded in galleries, for `predict`)."""
+                 batch_size: int | None = None, loss_params: dict[str, Any] | None = None):
+        """`source`: the checkpoint folder the weights came from (recorded in galleries, for `predict`);
+        `loss_params`: the trained loss's parameters, which rank images for a method with its own similarity
+        (e.g. the siamese network's verification head)."""
         self.config = config
         self.mesh = make_mesh()
         self.batch_size = batch_size or config.eval.batch_size
@@ -157,11 +160,15 @@ class Recognizer:
             "model": {k: config.model[k] for k in MODEL_KEYS},
             "preprocessing": {k: (list(config.data[k]) if k in ("mean", "std") else config.data[k])
                               for k in PREPROCESSING_KEYS},
-            "weights_sha256": _weights_sha256(model),
+            "weights_sha256": _tree_sha256(nnx.to_pure_dict(nnx.state(model))),
             "checkpoint": source,
         }
+        # The method's own ranking (None: Euclidean); a gallery made with other parameters for it is refused.
+        self.distance = method_of(config).recognition_distance(config, loss_params or {})
+        if self.distance is not None:
+            self.fingerprint["distance"] = {"loss": config.loss.name, "params_sha256": _tree_sha256(loss_params)}
         self.dim = int(model.out_features)
-        self.gallery = Gallery(self.dim, self.fingerprint)
+        self.gallery = Gallery(self.dim, self.fingerprint, self.distance)
 
     @classmethod
     def load(cls, path: str, checkpoint: str | None = None, batch_size: int | None = None) -> Recognizer:
@@ -191,7 +198,8 @@ class Recognizer:
         model_cfg.pretrained = ""  # the checkpoint holds every weight; the original file may be elsewhere
         model = build_model(model_cfg, nnx.Rngs(config.seed), config.data.image_size)
         _weights_into(model, restored, f"{workdir}/checkpoints/{step}")
-        return cls(config, model, os.path.join(workdir, "checkpoints", str(step)), batch_size)
+        return cls(config, model, os.path.join(workdir, "checkpoints", str(step)), batch_size,
+                   _unwrap(restored.get("loss_params", {})))
 
     # -- embeddings -------------------------------------------------------------------------------------
 
@@ -298,6 +306,7 @@ class Recognizer:
         """Loads a gallery, refusing one made by another model or preprocessing."""
         gallery = Gallery.load(path)
         gallery.check_compatible(self.fingerprint, repr(path))
+        gallery.distance = self.distance
         self.gallery = gallery
         return gallery
 

@@ -19,6 +19,7 @@ import numpy as np
 from flax import nnx
 
 from navee_jax.data.tf_import import tf_module
+from navee_jax.errors import UserError
 from navee_jax.recognize.api import Recognizer
 
 STABLEHLO_NAME = "embed.jax_export"
@@ -37,6 +38,9 @@ def embedding_function(rec: Recognizer) -> Callable[[jax.Array], jax.Array]:
 
 def export_embedding(rec: Recognizer, out_dir: str) -> dict[str, str]:
     """Writes out_dir/{embed.jax_export, saved_model/, preprocessing.json}; returns what was written."""
+    if rec.distance is not None:
+        raise UserError(f"loss.name={rec.config.loss.name!r} ranks by its learned score, not by the embedding's "
+                        f"distance: an exported embedding alone would rank wrongly; use the Recognizer instead")
     from jax.experimental import jax2tf
 
     os.makedirs(out_dir, exist_ok=True)

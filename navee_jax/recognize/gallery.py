@@ -6,7 +6,9 @@ Order and ties (what makes predictions reproducible and equal to the evaluation 
 reference images keep the order they were enrolled in, and articles the order of their first enrolment.
 "nn" ranks an article by its nearest reference image, equal distances going to the earlier image (the
 suite's 1-NN rule); "prototype" ranks articles by the distance to the mean of their reference embeddings,
-equal distances going to the earlier article (the suite's smallest-label rule). Removing an article keeps
+equal distances going to the earlier article (the suite's smallest-label rule). A gallery with its method's
+own `distance` (a verification network's -log p(same); `Recognizer` sets it) ranks by that instead of the
+Euclidean distance, searched exactly, with the same order and ties. Removing an article keeps
 the order of the others, so adding articles one at a time and removing some gives the same gallery as
 enrolling the remaining ones at once.
 
@@ -31,6 +33,7 @@ import numpy as np
 from navee_jax.errors import UserError
 from navee_jax.fingerprint import difference
 from navee_jax.distances import pairwise_distances
+from navee_jax.losses.registry import Distance
 from navee_jax.recognize.calibrate import far_threshold, rates
 from navee_jax.recognize.search import ExactIndex, FaissIndex
 
@@ -46,6 +49,7 @@ def _segment_means(embeddings: jax.Array, segments: jax.Array, counts: jax.Array
 
 
 _squared = jax.jit(lambda x, y: pairwise_distances(x, y, "squared"))
+_OWN_CHUNK = 256  # queries scored at once by a gallery's own distance
 
 
 def fingerprint_difference(saved: dict[str, Any], now: dict[str, Any]) -> str | None:
@@ -62,8 +66,11 @@ def fingerprint_difference(saved: dict[str, Any], now: dict[str, Any]) -> str | 
 class Gallery:
     """Reference embeddings (N, D) with their articles; see the module docstring for order and ties."""
 
-    def __init__(self, dim: int, fingerprint: dict[str, Any]):
+    def __init__(self, dim: int, fingerprint: dict[str, Any], distance: Distance | None = None):
+        """`distance`: the method's own ranking (None: Euclidean), not saved with the gallery: the model
+        that loads it supplies it, and `fingerprint` names the parameters it came from."""
         self.fingerprint = fingerprint
+        self.distance = distance
         self.embeddings = np.zeros((0, dim), np.float32)
         self.image_article = np.zeros((0,), np.int64)  # index into `articles` per reference image
         self.articles: list[str] = []
@@ -164,11 +171,38 @@ class Gallery:
             self._indexes[mode, index] = ExactIndex(rows) if index == "exact" else FaissIndex(rows)
         return self._indexes[mode, index]
 
+    def distances(self, queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """(Q, R) distances of queries to rows: the method's own, or Euclidean."""
+        if self.distance is not None:
+            return np.asarray(self.distance(jnp.asarray(queries, jnp.float32), jnp.asarray(rows, jnp.float32)))
+        return np.sqrt(np.asarray(_squared(jnp.asarray(queries, jnp.float32), jnp.asarray(rows, jnp.float32))))
+
+    def _search_own_distance(self, queries: np.ndarray, k: int, mode: str) -> tuple[np.ndarray, np.ndarray]:
+        """`search` by the method's own distance: every (query, row) pair, `_OWN_CHUNK` queries at a time."""
+        arts, dists = [], []
+        for start in range(0, len(queries), _OWN_CHUNK):
+            if mode == "prototype":
+                d = self.distances(queries[start:start + _OWN_CHUNK], self.prototypes)
+                order = np.argsort(d, axis=1, kind="stable")[:, :k]  # equal distances: the earlier article
+            else:
+                # Columns grouped by article (images in enrolment order within one): each article's best
+                # distance, and the earliest image reaching it, by segment reductions.
+                columns = np.lexsort((np.arange(len(self.embeddings)), self.image_article))
+                starts = np.searchsorted(self.image_article[columns], np.arange(len(self.articles)))
+                per_image = self.distances(queries[start:start + _OWN_CHUNK], self.embeddings)[:, columns]
+                d = np.minimum.reduceat(per_image, starts, axis=1)
+                reaches = per_image == np.repeat(d, np.diff(np.append(starts, len(columns))), axis=1)
+                first = np.minimum.reduceat(np.where(reaches, columns[None, :], len(columns)), starts, axis=1)
+                order = np.lexsort((first, d), axis=1)[:, :k]  # equal distances: the earlier image's article
+            arts.append(order)
+            dists.append(np.take_along_axis(d, order, axis=1))
+        return np.concatenate(arts), np.concatenate(dists)
+
     def search(self, queries: np.ndarray, k: int = 5, mode: str = "nn",
                index: str = "exact") -> tuple[np.ndarray, np.ndarray]:
-        """(article indices (Q, k'), Euclidean distances (Q, k')) of each query's k' = min(k, articles) best
-        articles, best first: exact (chunked, bounded memory; see module docstring for ties), or with
-        index='faiss' approximate (search.FaissIndex)."""
+        """(article indices (Q, k'), distances (Q, k')) of each query's k' = min(k, articles) best articles,
+        best first: exact (chunked, bounded memory; see module docstring for ties), or with index='faiss'
+        approximate (search.FaissIndex). Euclidean distances, or the gallery's own `distance`."""
         if mode not in MODES:
             raise UserError(f"mode {mode!r}: use one of {MODES}")
         if index not in INDEXES:
@@ -179,6 +213,11 @@ class Gallery:
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise UserError(f"queries of shape {queries.shape}; the gallery holds {self.dim}-d embeddings")
         k = max(1, min(k, len(self.articles)))
+        if self.distance is not None:
+            if index != "exact":
+                raise UserError(f"index {index!r} searches Euclidean distances; this model ranks by its own "
+                                f"learned score: use index='exact'")
+            return self._search_own_distance(queries, k, mode)
         if mode == "prototype":
             d2, idx = self._index(mode, index).search(queries, k)
             return idx, np.sqrt(d2)
@@ -209,7 +248,7 @@ class Gallery:
             if a < 0:
                 continue
             refs = self.prototypes[a:a + 1] if mode == "prototype" else self.embeddings[self.image_article == a]
-            positive.append(np.sqrt(np.asarray(_squared(q[None], refs)).min()))
+            positive.append(self.distances(q[None], refs).min())
         return np.array(positive, np.float32), self._negative_scores(queries, own, mode)
 
     def leave_one_out_scores(self, mode: str) -> tuple[np.ndarray, np.ndarray]:
@@ -222,12 +261,12 @@ class Gallery:
             if len(m) < 2:
                 continue
             if mode == "nn":
-                d2 = np.array(_squared(m, m))  # a writable copy
-                np.fill_diagonal(d2, np.inf)
-                positive.append(np.sqrt(d2.min(axis=1)))
+                d = np.array(self.distances(m, m))  # a writable copy
+                np.fill_diagonal(d, np.inf)
+                positive.append(d.min(axis=1))
             else:
                 others = (m.sum(axis=0) - m) / (len(m) - 1)
-                positive.append(np.sqrt(np.sum(np.square(m - others), axis=1)))
+                positive.append(np.diagonal(self.distances(m, others)))
         positive = np.concatenate(positive) if positive else np.zeros(0, np.float32)
         return positive, self._negative_scores(self.embeddings, self.image_article, mode)
 

@@ -21,6 +21,7 @@ from navee_jax.embed import image_normalizer, make_embed_fn
 from navee_jax.errors import UserError
 from navee_jax.evaluate.heldout import HeldoutEvaluator
 from navee_jax.losses import loss_entry, make_objective
+from navee_jax.losses.registry import Distance
 from navee_jax.method import Method, Trainer, register_method
 from navee_jax.models import build_model
 from navee_jax.sharding import check_divisible, replicated
@@ -58,13 +59,19 @@ class MetricLearning(Method):
 
     def recognition_problem(self, config: ml_collections.ConfigDict) -> str | None:
         try:
-            entry = loss_entry(config.loss.name)
+            loss_entry(config.loss.name)
         except UserError as e:
             return str(e)
-        if entry.own_distance:
-            return (f"loss.name={config.loss.name!r} ranks images by its own learned score, and the gallery "
-                    f"search ranks by Euclidean distance; evaluate it with --mode=evaluate instead")
         return None
+
+    def recognition_distance(self, config: ml_collections.ConfigDict, loss_params: dict) -> Distance | None:
+        if "loss" not in config or not loss_entry(config.loss.name).own_distance:  # no loss: a model built alone
+            return None
+        if not loss_params:
+            raise UserError(f"loss.name={config.loss.name!r} ranks images by its learned parameters, and none were "
+                            f"given: load the model with Recognizer.load(<workdir>)")
+        # An own-distance objective ranks by its parameters alone: it is built without training labels here.
+        return make_objective(config, np.zeros(0, np.int64)).distance(loss_params)
 
     def build(self, config: ml_collections.ConfigDict, catalogue: Catalogue, split: Split, mesh: jax.sharding.Mesh,
               steps_per_epoch: int) -> Trainer:
