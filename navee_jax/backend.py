@@ -1,13 +1,14 @@
 """What navee_jax does differently on XLA:CPU, and the one gate deciding it: `cpu_tuned(mesh)`.
 
-Two things are tuned for XLA:CPU only (docs/train_step.md): the compile options of the jitted steps
-(`compiler_options`) and ResNet's hand-written backward passes (navee_jax.models.cpu_tuned, installed
-by `build_model(..., cpu_tuned=True)`). GPU / TPU meshes get neither: cuDNN and XLA's own fusions are
-better served by the plain ops.
+Three things are tuned for XLA:CPU only (docs/train_step.md, docs/maml.md): the compile options of the
+jitted steps (`compiler_options`), ResNet's hand-written backward passes (navee_jax.models.cpu_tuned,
+installed by `build_model(..., cpu_tuned=True)`), and MAML's meta-step, which scans a meta-batch's tasks one
+at a time instead of vmapping them (navee_jax.meta.train.make_meta_step). GPU / TPU meshes get none: cuDNN,
+XLA's own fusions and batched kernels are better served by the plain ops.
 
 Environment:
-  NAVEE_PLAIN_MODELS=1  the plain path on a CPU mesh too (plain ResNet backward passes and jaxlib's
-                        default compile options), e.g. to compare against or to rule the tuning out.
+  NAVEE_PLAIN_MODELS=1  the plain path on a CPU mesh too (plain ResNet backward passes, jaxlib's default
+                        compile options, vmapped MAML tasks), e.g. to compare against or to rule the tuning out.
 
 A core module: it imports only jax, numpy and the standard library (and navee_jax.errors).
 """

@@ -46,7 +46,7 @@ def _checkpoint_steps(workdir) -> list[int]:
 
 @pytest.mark.slow
 def test_short_run_learns_and_resumes_after_sigkill(tmp_path):
-    args = ["--config=configs/triplet.py:digits", *TINY, "--config.train.num_epochs=6"]
+    args = ["--config=configs/triplet.py:digits", *TINY, "--config.train.num_epochs=4"]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
 
     # 1. Uninterrupted run: checkpoints, metrics.json, and the triplet loss on the base classes falls.

@@ -110,14 +110,26 @@ def test_first_order_equals_the_gradient_with_inner_gradients_held_constant():
         assert relative_error(got, want) < 1e-10
 
 
-def test_vmapped_meta_batch_equals_a_python_loop_over_tasks():
+def test_vmapped_and_scanned_meta_batches_equal_a_python_loop_over_tasks():
+    """The meta-gradient (with Meta-SGD's step-size gradient), loss and accuracy of both strategies of
+    `mean_over_tasks` equal a loop over tasks, each task's gradient taken alone."""
     apply, params, tasks = tiny_problem(jnp.float32, seed=3)
-    sizes = maml.constant_step_sizes(params, 0.4)
-    vmapped = jax.jit(jax.grad(lambda p: maml.meta_objective(apply, p, sizes, tasks, STEPS)[0]))(params)
-    one = jax.jit(jax.grad(lambda p, task: maml.task_loss(apply, p, sizes, task, STEPS)[0]))
-    looped = [one(params, jax.tree.map(lambda x, t=t: x[t], tasks)) for t in range(TASKS)]
-    want = jax.tree.map(lambda *g: sum(g) / TASKS, *looped)
-    assert relative_error(vmapped, want) < 1e-5
+    sizes = jax.tree.map(lambda p: 0.4 + 0.1 * jnp.linspace(0.0, 1.0, p.size).reshape(p.shape), params)  # Meta-SGD's
+
+    def task_fn(args, task):
+        return maml.task_loss(apply, args[0], args[1], task, STEPS)
+
+    one = jax.jit(jax.value_and_grad(task_fn, has_aux=True))
+    looped = [one((params, sizes), jax.tree.map(lambda x, t=t: x[t], tasks)) for t in range(TASKS)]
+    want_grads = jax.tree.map(lambda *g: sum(g) / TASKS, *[g for _, g in looped])
+    want_loss = np.mean([float(v[0]) for v, _ in looped])
+    want_accuracy = np.mean([float(v[1]) for v, _ in looped])
+    for strategy in ("vmap", "scan"):
+        run = jax.jit(lambda args, s=strategy: maml.mean_over_tasks(task_fn, args, tasks, s))
+        (loss, aux), grads = run((params, sizes))
+        assert relative_error(grads, want_grads) < 1e-5, strategy
+        np.testing.assert_allclose(float(loss), want_loss, rtol=1e-5)
+        np.testing.assert_allclose(float(aux["query_accuracy"]), want_accuracy, rtol=1e-6)
 
 
 def test_batchnorm_normalises_with_the_batch_it_is_given():

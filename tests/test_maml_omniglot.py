@@ -40,7 +40,7 @@ def test_resumed_maml_run_gives_the_numbers_of_an_uninterrupted_one(tmp_path):
     """Meta-SGD on digits, tiny: 2 epochs in one go vs 1 epoch, then resumed to 2 (step sizes restored too)."""
     common = ["--config=configs/maml.py:digits", "--config.model.width=4", "--config.data.image_size=16",
               "--config.sampler.tasks_per_batch=4", "--config.train.steps_per_epoch=3", "--config.eval.episodes=5",
-              "--config.loss.learn_inner_lr=True"]
+              "--config.eval.shots=(1,)", "--config.loss.learn_inner_lr=True"]
     full = run_launch([*common, f"--workdir={tmp_path / 'full'}", "--config.train.num_epochs=2"])
     first = run_launch([*common, f"--workdir={tmp_path / 'resumed'}", "--config.train.num_epochs=1"])
     second = run_launch([*common, f"--workdir={tmp_path / 'resumed'}", "--config.train.num_epochs=2"])

@@ -3,8 +3,9 @@
 For each task of a meta-batch: start from the meta-parameters, take `steps` gradient steps on the task's
 support loss (`inner_adapt`), then measure the loss on its query set with the adapted parameters
 (`task_loss`). The meta-objective is the mean of the query losses over the meta-batch (`meta_objective`,
-`jax.vmap` over tasks); its gradient with respect to the meta-parameters is taken through the inner steps,
-second-order by default (the inner gradients are differentiated again, Hessian-vector products and all).
+`jax.vmap` over tasks; `mean_over_tasks` gives it with its gradient, vmapped or one task at a time); its
+gradient with respect to the meta-parameters is taken through the inner steps, second-order by default (the
+inner gradients are differentiated again, Hessian-vector products and all).
 `first_order=True` holds every inner gradient constant (`jax.lax.stop_gradient`), first-order MAML.
 
 Inner step sizes are a pytree shaped like the parameters: every leaf the same `inner_lr` for MAML
@@ -86,8 +87,40 @@ def meta_objective(apply_fn: ApplyFn, params: Params, step_sizes: Params, tasks:
     """(mean query loss over the meta-batch, {"query_accuracy": its mean}); `tasks` holds arrays with a
     leading task axis, vmapped over. (Finn et al.'s code also averages over tasks: the issue's "summed"
     query losses up to a constant 1 / tasks.)"""
-    losses, accuracies = jax.vmap(lambda t: task_loss(apply_fn, params, step_sizes, t, steps, first_order))(tasks)
+    return _vmapped_mean(lambda p, t: task_loss(apply_fn, p, step_sizes, t, steps, first_order), params, tasks)
+
+
+def _vmapped_mean(task_fn: Callable[[Any, Task], tuple[jax.Array, jax.Array]], args: Any,
+                  tasks: Task) -> tuple[jax.Array, dict[str, jax.Array]]:
+    losses, accuracies = jax.vmap(lambda t: task_fn(args, t))(tasks)
     return losses.mean(), {"query_accuracy": accuracies.mean()}
+
+
+def mean_over_tasks(task_fn: Callable[[Any, Task], tuple[jax.Array, jax.Array]], args: Any, tasks: Task,
+                    strategy: str = "vmap") -> tuple[tuple[jax.Array, dict[str, jax.Array]], Any]:
+    """((mean loss, {"query_accuracy": mean accuracy}), gradient of the mean loss with respect to `args`) of
+    `task_fn(args, task) -> (loss, accuracy)` over the leading task axis of `tasks`.
+
+    'vmap': every task at once, the gradient of `meta_objective`'s vmapped mean: one batched program, what an
+    accelerator runs well. 'scan': one task at a time inside the program, each task's gradient added to a
+    running sum (`lax.scan`): the same arithmetic, no per-task kernels batched together and no activations kept
+    across tasks; XLA:CPU runs it faster than vmap (docs/maml.md)."""
+    if strategy == "vmap":
+        return jax.value_and_grad(lambda a: _vmapped_mean(task_fn, a, tasks), has_aux=True)(args)
+    if strategy != "scan":
+        raise ValueError(f"strategy must be 'vmap' or 'scan', not {strategy!r}")
+    value_and_grad = jax.value_and_grad(task_fn, has_aux=True)
+
+    def add_task(total, task):
+        (loss, accuracy), grads = value_and_grad(args, task)
+        return jax.tree.map(jnp.add, total, (loss, accuracy, grads)), None
+
+    zero = jnp.zeros((), jnp.float32)
+    count = jax.tree.leaves(tasks)[0].shape[0]
+    # Two tasks per loop iteration: independent work XLA:CPU can run side by side on its threads.
+    total, _ = jax.lax.scan(add_task, (zero, zero, jax.tree.map(jnp.zeros_like, args)), tasks, unroll=2)
+    loss, accuracy, grads = jax.tree.map(lambda x: x / count, total)
+    return (loss, {"query_accuracy": accuracy}), grads
 
 
 def adapt_and_predict(apply_fn: ApplyFn, params: Params, step_sizes: Params, support_images: jax.Array,
