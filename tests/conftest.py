@@ -1,19 +1,9 @@
-import atexit
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-# One persistent XLA compilation cache for the session, this process and every launch.py it starts: the
-# end-to-end tests launch the same tiny configs several times (resume, kill, re-run), and compiling their
-# steps is most of a launch's time on 2 cores. Compiled programs are the same either way; deleted at exit.
-if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="navee-jax-test-xla-cache-")
-    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 try:  # before anything imports TensorFlow: `import tensorflow` then `import triton` (torchvision pulls it in
     import torchvision  # noqa: F401  through torch._dynamo) segfaults with tensorflow-cpu 2.21 and triton 3.8
