@@ -35,27 +35,26 @@ class Objective:
     loss: LossOnBatch
     # (PRNG key, embedding size) -> the loss's parameters
     init_params: Callable[[jax.Array, int], dict[str, jax.Array]] = no_params
-    # The loss's own ranking of images, from its parameters (e.g. a verification head's score), which the
-    # evaluators and the recognizer's gallery then use; None: `eval.metric` on the embeddings. Such a loss's
-    # builder must not need the training labels: a recognizer builds it from a checkpoint without them.
-    distance: Callable[[dict[str, jax.Array]], Distance] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class LossEntry:
     samplers: tuple[str, ...]
     build: Callable[[ml_collections.ConfigDict, np.ndarray], Objective]  # (config, training image labels)
-    own_distance: bool = False  # its objectives rank by `Objective.distance`, not by Euclidean distance
+    # The loss's own ranking of images from its trained parameters (e.g. a verification head's score), which
+    # the evaluators and the recognizer's gallery then use; None: `eval.metric` on the embeddings.
+    distance: Callable[[dict[str, jax.Array]], Distance] | None = None
 
 
 LOSSES: dict[str, LossEntry] = {}
 
 
-def register_loss(name: str, samplers: tuple[str, ...], own_distance: bool = False):
-    """Decorator registering `build(config, train_labels) -> Objective` as `loss.name=<name>`; `own_distance`:
-    its objectives set `distance`."""
+def register_loss(name: str, samplers: tuple[str, ...],
+                  distance: Callable[[dict[str, jax.Array]], Distance] | None = None):
+    """Decorator registering `build(config, train_labels) -> Objective` as `loss.name=<name>`; `distance`:
+    (the loss's parameters) -> its own ranking of images, for a loss that has one."""
     def register(build: Callable[[ml_collections.ConfigDict, np.ndarray], Objective]):
-        LOSSES[name] = LossEntry(tuple(samplers), build, own_distance)
+        LOSSES[name] = LossEntry(tuple(samplers), build, distance)
         return build
     return register
 

@@ -69,7 +69,7 @@ def verification_distance(head: dict[str, jax.Array]) -> Distance:
     return lambda queries, gallery: _distances(queries, gallery, head)
 
 
-@register_loss("verification", samplers=("pairs",), own_distance=True)
+@register_loss("verification", samplers=("pairs",), distance=verification_distance)
 def _objective(config: ml_collections.ConfigDict, _train_labels: np.ndarray) -> Objective:
     return Objective(lambda emb, batch, head: verification_loss(emb[:, 0], emb[:, 1], batch["same"], head),
-                     init_params=init_verification_head, distance=verification_distance)
+                     init_params=init_verification_head)

@@ -179,19 +179,20 @@ class Gallery:
 
     def _search_own_distance(self, queries: np.ndarray, k: int, mode: str) -> tuple[np.ndarray, np.ndarray]:
         """`search` by the method's own distance: every (query, row) pair, `_OWN_CHUNK` queries at a time."""
+        # "nn": images grouped by article, in enrolment order within one, so that each article's best distance
+        # and the earliest image reaching it are segment reductions.
+        columns = np.argsort(self.image_article, kind="stable")
+        counts = np.bincount(self.image_article, minlength=len(self.articles))
+        starts = np.cumsum(counts) - counts
         arts, dists = [], []
         for start in range(0, len(queries), _OWN_CHUNK):
             if mode == "prototype":
                 d = self.distances(queries[start:start + _OWN_CHUNK], self.prototypes)
                 order = np.argsort(d, axis=1, kind="stable")[:, :k]  # equal distances: the earlier article
             else:
-                # Columns grouped by article (images in enrolment order within one): each article's best
-                # distance, and the earliest image reaching it, by segment reductions.
-                columns = np.lexsort((np.arange(len(self.embeddings)), self.image_article))
-                starts = np.searchsorted(self.image_article[columns], np.arange(len(self.articles)))
                 per_image = self.distances(queries[start:start + _OWN_CHUNK], self.embeddings)[:, columns]
                 d = np.minimum.reduceat(per_image, starts, axis=1)
-                reaches = per_image == np.repeat(d, np.diff(np.append(starts, len(columns))), axis=1)
+                reaches = per_image == np.repeat(d, counts, axis=1)
                 first = np.minimum.reduceat(np.where(reaches, columns[None, :], len(columns)), starts, axis=1)
                 order = np.lexsort((first, d), axis=1)[:, :k]  # equal distances: the earlier image's article
             arts.append(order)

@@ -65,13 +65,13 @@ class MetricLearning(Method):
         return None
 
     def recognition_distance(self, config: ml_collections.ConfigDict, loss_params: dict) -> Distance | None:
-        if "loss" not in config or not loss_entry(config.loss.name).own_distance:  # no loss: a model built alone
+        distance = loss_entry(config.loss.name).distance if "loss" in config else None  # no loss: a bare model
+        if distance is None:
             return None
         if not loss_params:
             raise UserError(f"loss.name={config.loss.name!r} ranks images by its learned parameters, and none were "
                             f"given: load the model with Recognizer.load(<workdir>)")
-        # An own-distance objective ranks by its parameters alone: it is built without training labels here.
-        return make_objective(config, np.zeros(0, np.int64)).distance(loss_params)
+        return distance(loss_params)
 
     def build(self, config: ml_collections.ConfigDict, catalogue: Catalogue, split: Split, mesh: jax.sharding.Mesh,
               steps_per_epoch: int) -> Trainer:
@@ -87,7 +87,7 @@ class MetricLearning(Method):
                                                           loss_params)
         embed_fn = make_embed_fn(eval_graphdef, mesh, prepare)
         # A loss with its own ranking (a verification head) is evaluated by it, with the state's parameters.
-        distance = objective.distance
+        distance = loss_entry(config.loss.name).distance
         distance_of = None if distance is None else (lambda state: distance(state.loss_params))
         return Trainer(
             state=jax.device_put(state, replicated(mesh)),
