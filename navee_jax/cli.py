@@ -124,7 +124,6 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
-        self.exit_status = 128 + signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
 
 
 _pending: list[int] = []  # signals received inside `exit_on_interrupt`, in case their exception was swallowed
@@ -155,11 +154,16 @@ def exit_on_interrupt(hint: Callable[[], str]) -> Iterator[None]:
     previous_hook, sys.unraisablehook = sys.unraisablehook, unraisable
     try:
         yield
-    except Interrupted as e:
-        print(f"interrupted by {e}: {hint()}", file=sys.stderr)
+    except BaseException as e:
+        # Code between the handler and here can turn `Interrupted` into another exception (a library that
+        # wraps whatever it caught, a `finally` that fails after the cut): a signal that came first is the cause.
+        if not isinstance(e, Interrupted) and not _pending:
+            raise
+        signum = e.signum if isinstance(e, Interrupted) else _pending[0]
+        print(f"interrupted by {signal.Signals(signum).name}: {hint()}", file=sys.stderr)
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(e.exit_status)
+        os._exit(128 + signum)  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
     finally:
         for s, h in previous.items():
             signal.signal(s, h)

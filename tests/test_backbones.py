@@ -56,6 +56,21 @@ def test_conv4_parameter_count_by_hand():
     assert _count(_abstract(lambda: conv4(rngs=nnx.Rngs(0), image_size=84))) == block(3) + 3 * block(64)
 
 
+def test_conv4_block_widths_parameter_count_by_hand_and_features():
+    def block(cin: int, cout: int) -> int:
+        return 3 * 3 * cin * cout + cout + 2 * cout
+    widths = (8, 16, 32, 48)
+    model = _abstract(lambda: conv4(rngs=nnx.Rngs(0), in_channels=1, image_size=28, block_widths=widths))
+    assert _count(model) == block(1, 8) + block(8, 16) + block(16, 32) + block(32, 48)
+    assert [b.conv.kernel.value.shape for b in model.blocks] == [(3, 3, 1, 8), (3, 3, 8, 16), (3, 3, 16, 32),
+                                                                 (3, 3, 32, 48)]
+    assert model.out_features == 48  # 28 -> 14 -> 7 -> 3 -> 1 pixels, the last block's filters
+    make = lambda: conv4(rngs=nnx.Rngs(0), image_size=84, block_widths=widths)  # noqa: E731
+    assert _traced_output_shape(make, (2, 84, 84, 3)) == (2, 48 * 5 * 5)
+    with pytest.raises(UserError, match="4 widths"):
+        conv4(rngs=nnx.Rngs(0), image_size=28, block_widths=(8, 16))
+
+
 @pytest.mark.parametrize("n,features,params", [
     (0, 1000, 138_357_544),
     (1, 4096, 138_357_544 - (4096 * 1000 + 1000)),  # fc7 after ReLU / dropout

@@ -145,6 +145,9 @@ RULES: dict[str, Rule] = {
     "split.min_images_per_class": integer(2),  # make_split treats smaller values as 2: one support + one query
     "model.backbone": one_of(BACKBONES),
     "model.width": integer(1),
+    "model.block_widths": Rule(f"() or {NUM_BLOCKS} integers >= 1, e.g. (64, 64, 128, 128)",
+                               lambda v: isinstance(v, tuple) and len(v) in (0, NUM_BLOCKS)
+                               and all(_is_int(w) and w >= 1 for w in v)),  # conv4's blocks
     "model.in_channels": Rule("1 or 3", lambda v: _is_int(v) and v in (1, 3)),  # train.step.image_normalizer
     "model.remove_top_layers": integer(0, CLASSIFIER_LAYERS),  # vgg's classifier layers
     "model.pretrained": text(),
@@ -331,6 +334,8 @@ CROSS: list[tuple[str, Callable[[ml_collections.ConfigDict], str | None]]] = [
           "split.support_count > 0 sets the support images per class instead"),
     ("model.in_channels", lambda c: None if c.model.in_channels == 3 or c.data.grayscale or c.data.binarize else
      "1 needs grayscale images: set data.grayscale=True (or data.binarize=True)"),  # train.step.image_normalizer
+    ("model.block_widths", lambda c: None if not c.model.block_widths or c.model.backbone == "conv4" else
+     f"sets conv4's blocks, but model.backbone={c.model.backbone!r}: use model.width, or () here"),
     ("data.image_size", _min_image_size),
     ("method", _method_settings),
     ("model.frozen_stages", _frozen_stages),  # last: it builds the (abstract) network from the checked keys

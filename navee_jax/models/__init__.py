@@ -38,6 +38,8 @@ def build_model(cfg: ml_collections.ConfigDict, rngs: nnx.Rngs, image_size: int,
     kwargs = {"in_channels": cfg.in_channels}
     if cfg.backbone in _SIZED:
         kwargs["image_size"] = image_size
+    if cfg.backbone == "conv4":
+        kwargs["block_widths"] = tuple(cfg.get("block_widths", ()))  # workdirs from before the key have none
     if cfg.backbone.startswith("vgg"):
         kwargs["remove_top_layers"] = cfg.remove_top_layers
     backbone = BACKBONES[cfg.backbone](width=cfg.width, rngs=rngs, **kwargs)

@@ -1,13 +1,16 @@
 """Conv-4, the small backbone of the few-shot literature (Vinyals et al. 2016, Snell et al. 2017, Finn et al. 2017).
 
 Four blocks of 3x3 conv (padding 1) - BatchNorm - ReLU - 2x2 max-pool, then flatten: on 28x28
-Omniglot that is 64 features, on 84x84 miniImageNet 1600. Because the output is flattened, its
+Omniglot that is 64 features, on 84x84 miniImageNet 1600. Every block has `width` filters (64 in the
+papers) unless `block_widths` names each block's. Because the output is flattened, its
 size depends on the input size; the network takes `image_size` at construction so that
 `out_features` is known before any image is seen (the embedding head is built from it), and
 refuses images of another size with a clear error rather than a shape mismatch deep in the head.
 """
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import jax
 from flax import nnx
@@ -40,16 +43,21 @@ class ConvBlock(nnx.Module):
 
 
 class Conv4(nnx.Module):
-    """NHWC images of `image_size` x `image_size` -> (N, width * (image_size // 16)**2)."""
+    """NHWC images of `image_size` x `image_size` -> (N, last block's width * (image_size // 16)**2)."""
 
-    def __init__(self, width: int = 64, *, rngs: nnx.Rngs, in_channels: int = 3, image_size: int = 84):
+    def __init__(self, width: int = 64, *, rngs: nnx.Rngs, in_channels: int = 3, image_size: int = 84,
+                 block_widths: Sequence[int] = ()):
         if image_size < 2**NUM_BLOCKS:
             raise UserError(f"conv4: image_size {image_size} is too small; its four 2x2 max-pools need at least "
                             f"{2**NUM_BLOCKS} pixels")
-        self.blocks = nnx.List([ConvBlock(in_channels if i == 0 else width, width, rngs) for i in range(NUM_BLOCKS)])
+        widths = tuple(block_widths) or (width,) * NUM_BLOCKS
+        if len(widths) != NUM_BLOCKS:
+            raise UserError(f"conv4: block_widths {widths} must name {NUM_BLOCKS} widths, one per block")
+        ins = (in_channels, *widths[:-1])
+        self.blocks = nnx.List([ConvBlock(cin, cout, rngs) for cin, cout in zip(ins, widths)])
         self.image_size = image_size
         # Each VALID pool floors, and floor(floor(s / 2) / 2) == s // 4, so four pools give s // 16.
-        self.out_features = width * (image_size // 2**NUM_BLOCKS) ** 2
+        self.out_features = widths[-1] * (image_size // 2**NUM_BLOCKS) ** 2
 
     def __call__(self, x: jax.Array) -> jax.Array:
         if x.shape[1:3] != (self.image_size, self.image_size):
@@ -60,6 +68,7 @@ class Conv4(nnx.Module):
         return x.reshape(x.shape[0], -1)
 
 
-def conv4(width: int = 64, *, rngs: nnx.Rngs, in_channels: int = 3, image_size: int = 84) -> Conv4:
-    """Conv-4 with `width` filters per conv (64 in the papers)."""
-    return Conv4(width, rngs=rngs, in_channels=in_channels, image_size=image_size)
+def conv4(width: int = 64, *, rngs: nnx.Rngs, in_channels: int = 3, image_size: int = 84,
+          block_widths: Sequence[int] = ()) -> Conv4:
+    """Conv-4 with `width` filters per conv (64 in the papers), or `block_widths[i]` in block i."""
+    return Conv4(width, rngs=rngs, in_channels=in_channels, image_size=image_size, block_widths=block_widths)
