@@ -62,7 +62,7 @@ def test_conv4_block_widths_parameter_count_by_hand_and_features():
     widths = (8, 16, 32, 48)
     model = _abstract(lambda: conv4(rngs=nnx.Rngs(0), in_channels=1, image_size=28, block_widths=widths))
     assert _count(model) == block(1, 8) + block(8, 16) + block(16, 32) + block(32, 48)
-    assert [b.conv.kernel.value.shape for b in model.blocks] == [(3, 3, 1, 8), (3, 3, 8, 16), (3, 3, 16, 32),
+    assert [b.conv.kernel.get_value().shape for b in model.blocks] == [(3, 3, 1, 8), (3, 3, 8, 16), (3, 3, 16, 32),
                                                                  (3, 3, 32, 48)]
     assert model.out_features == 48  # 28 -> 14 -> 7 -> 3 -> 1 pixels, the last block's filters
     make = lambda: conv4(rngs=nnx.Rngs(0), image_size=84, block_widths=widths)  # noqa: E731
