@@ -5,9 +5,10 @@ held-out characters and on as many training characters (upright, all 20 drawings
     python bench/omniglot_seen_vs_unseen.py runs/omniglot/triplet [--features=embedding|backbone|backbone_l2]
 
 The workdir is a `:omniglot_background` run (its splits.json names the held-out characters); the training
-characters are drawn by seed 0 from the alphabets it trained on. 600 episodes a cell, 10 queries per class,
-Euclidean 1-NN. `--features=backbone` ranks by the backbone's features before the embedding head
-(`backbone_l2`: L2-normalised), to see whether the head helps.
+characters are drawn by seed 0 from the alphabets it trained on. Each character's first 10 drawings are its
+support pool and the other 10 its queries; `navee_jax.evaluate.fewshot.few_shot_grid` (the evaluator's), 600
+episodes a cell, 10 queries per class, 1-NN. `--features=backbone` ranks by the backbone's features before the
+embedding head (`backbone_l2`: L2-normalised), to see whether the head helps.
 """
 
 from __future__ import annotations
@@ -24,27 +25,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from configs.common import OMNIGLOT_BACKGROUND  # noqa: E402
+from navee_jax.evaluate.fewshot import few_shot_grid  # noqa: E402
 
-CELLS = ((5, 1), (20, 1), (5, 5), (20, 5))
-
-
-def one_nn_accuracy(embeddings: np.ndarray, labels: np.ndarray, ways: int, shots: int, episodes: int = 600,
-                    queries: int = 10, seed: int = 1) -> tuple[float, float]:
-    """Mean and 95% interval (%) of 1-NN accuracy over `episodes` N-way K-shot episodes."""
-    rng = np.random.default_rng(seed)
-    by_class = [np.flatnonzero(labels == c) for c in range(labels.max() + 1)]
-    accuracies = []
-    for _ in range(episodes):
-        classes = rng.choice(len(by_class), ways, replace=False)
-        drawn = [rng.permutation(by_class[c])[:shots + queries] for c in classes]
-        support = np.concatenate([d[:shots] for d in drawn])
-        query = np.concatenate([d[shots:] for d in drawn])
-        support_label = np.repeat(np.arange(ways), shots)
-        query_label = np.concatenate([np.full(len(d) - shots, i) for i, d in enumerate(drawn)])
-        d2 = ((embeddings[query][:, None] - embeddings[support][None]) ** 2).sum(-1)
-        accuracies.append(np.mean(support_label[d2.argmin(1)] == query_label))
-    a = 100 * np.asarray(accuracies)
-    return float(a.mean()), float(1.96 * a.std() / np.sqrt(len(a)))
+WAYS, SHOTS = (5, 20), (1, 5)
 
 
 def recognizer(workdir: str, features: str):
@@ -75,18 +58,20 @@ def main() -> None:
     seen = list(np.random.default_rng(0).choice(seen, len(heldout), replace=False))
     rec = recognizer(a.workdir, a.features)
     print(f"{a.workdir} ({a.features}); 1-NN accuracy %, 600 episodes, 10 queries per class")
-    print("| characters | " + " | ".join(f"{w}-way {k}-shot" for w, k in CELLS) + " |")
-    print("|---|" + "---|" * len(CELLS))
+    print("| characters | " + " | ".join(f"{w}-way {k}-shot" for w in WAYS for k in SHOTS) + " |")
+    print("|---|" + "---|" * len(WAYS) * len(SHOTS))
     for name, chars in ((f"{len(heldout)} held-out (unseen alphabets)", heldout),
                         (f"{len(seen)} training characters, upright", seen)):
-        paths, labels = [], []
+        paths, labels, support = [], [], []
         for i, c in enumerate(chars):
             files = sorted(glob.glob(os.path.join(OMNIGLOT_BACKGROUND, c, "*.png")))
             paths += files
             labels += [i] * len(files)
-        embeddings, labels = np.asarray(rec.embed(paths)), np.asarray(labels)
-        cells = [one_nn_accuracy(embeddings, labels, w, k) for w, k in CELLS]
-        print(f"| {name} | " + " | ".join(f"{m:.2f} +- {ci:.2f}" for m, ci in cells) + " |")
+            support += [j < len(files) // 2 for j in range(len(files))]
+        embeddings, labels, support = np.asarray(rec.embed(paths)), np.asarray(labels), np.asarray(support)
+        cells = few_shot_grid(embeddings[support], labels[support], embeddings[~support], labels[~support],
+                              ways=WAYS, shots=SHOTS, queries=10, episodes=600)
+        print(f"| {name} | " + " | ".join(f"{100 * c.mean:.2f} +- {100 * c.ci95:.2f}" for c in cells) + " |")
 
 
 if __name__ == "__main__":
