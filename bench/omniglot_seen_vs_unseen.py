@@ -3,12 +3,14 @@ held-out characters and on as many training characters (upright, all 20 drawings
 (docs/omniglot.md).
 
     python bench/omniglot_seen_vs_unseen.py runs/omniglot/triplet [--features=embedding|backbone|backbone_l2]
+        [--tta-shift-px=1]
 
 The workdir is a `:omniglot_background` run (its splits.json names the held-out characters); the training
 characters are drawn by seed 0 from the alphabets it trained on. Each character's first 10 drawings are its
 support pool and the other 10 its queries; `navee_jax.evaluate.fewshot.few_shot_grid` (the evaluator's), 600
 episodes a cell, 10 queries per class, 1-NN. `--features=backbone` ranks by the backbone's features before the
-embedding head (`backbone_l2`: L2-normalised), to see whether the head helps.
+embedding head (`backbone_l2`: L2-normalised), to see whether the head helps. `--tta-shift-px` embeds each
+image as the mean over its 9 shifts (`model.tta_shift_px`), whatever the run was trained with.
 """
 
 from __future__ import annotations
@@ -30,17 +32,20 @@ from navee_jax.evaluate.fewshot import few_shot_grid  # noqa: E402
 WAYS, SHOTS = (5, 20), (1, 5)
 
 
-def recognizer(workdir: str, features: str):
+def recognizer(workdir: str, features: str, tta_shift_px: int | None):
     from flax import nnx
 
     from navee_jax.recognize.api import Recognizer
 
     rec = Recognizer.load(workdir)
-    if features == "embedding":
+    if features == "embedding" and tta_shift_px is None:
         return rec
     model = nnx.merge(rec.graphdef, rec.params, rec.rest)
-    model.head, model.out_features = None, model.backbone.out_features
-    model.normalize = features == "backbone_l2"
+    if features != "embedding":
+        model.head, model.out_features = None, model.backbone.out_features
+        model.normalize = rec.config.model.normalize = features == "backbone_l2"
+    if tta_shift_px is not None:
+        rec.config.model.tta_shift_px = tta_shift_px
     return Recognizer(rec.config, model, rec.fingerprint["checkpoint"])
 
 
@@ -48,6 +53,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("workdir")
     p.add_argument("--features", default="embedding", choices=("embedding", "backbone", "backbone_l2"))
+    p.add_argument("--tta-shift-px", type=int, default=None, help="0: none; default: the run's own setting")
     a = p.parse_args()
     if not os.path.isdir(OMNIGLOT_BACKGROUND):
         sys.exit(f"skipped: {OMNIGLOT_BACKGROUND} is absent (Omniglot's background set, ../shared/data)")
@@ -56,8 +62,10 @@ def main() -> None:
     characters = sorted(os.path.relpath(d, OMNIGLOT_BACKGROUND) for d in glob.glob(f"{OMNIGLOT_BACKGROUND}/*/*"))
     seen = [c for c in characters if c.split("/")[0] not in heldout_alphabets]
     seen = list(np.random.default_rng(0).choice(seen, len(heldout), replace=False))
-    rec = recognizer(a.workdir, a.features)
-    print(f"{a.workdir} ({a.features}); 1-NN accuracy %, 600 episodes, 10 queries per class")
+    rec = recognizer(a.workdir, a.features, a.tta_shift_px)
+    shifts = rec.config.model.get("tta_shift_px", 0)
+    print(f"{a.workdir} ({a.features}, test-time shifts {shifts} px); 1-NN accuracy %, 600 episodes, "
+          f"10 queries per class")
     print("| characters | " + " | ".join(f"{w}-way {k}-shot" for w in WAYS for k in SHOTS) + " |")
     print("|---|" + "---|" * len(WAYS) * len(SHOTS))
     for name, chars in ((f"{len(heldout)} held-out (unseen alphabets)", heldout),

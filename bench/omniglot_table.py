@@ -7,7 +7,8 @@ For each method: `python launch.py --config=configs/<config>.py:omniglot_backgro
 <its overrides>` (skipped when the workdir already holds a finished run; an unfinished one resumes), its wall
 time recorded in <root>/<name>/train_seconds.json; then the same command with `--mode=evaluate` and the grid
 below (skipped when its report exists). The table, with the papers' numbers beside it, is printed and written to
-<root>/table.md. Needs ../shared/data/omniglot_background. About 2 hours on an idle 2-core CPU in all.
+<root>/table.md. Needs ../shared/data/omniglot_background. About 6 hours on an idle 2-core CPU in all (each run at
+most about an hour).
 
 1-NN on the method's embedding (a verification network ranks by its own score), and for MAML also its own
 classifier: fine-tuning on each 5-way episode's support set.
@@ -49,6 +50,26 @@ RUNS = {
                                  "--config.data.grayscale=True"],
                      "batch-hard, P=8 x K=4, grey levels kept, Conv-4 with 64-64-256-256 filters; Adam 1e-3 halved "
                      "every 4 epochs; 20 epochs of 2,023 steps"),
+    # The wide run with random shifts of up to 2 pixels each way (`data.translate_px`), and each image embedded as
+    # the mean over its 9 shifts by 1 pixel (`model.tta_shift_px`, also for choosing the best epoch): averaging
+    # over shifts at test time lifted triplet_wide's 20-way 1-shot by 0.5, so it was not shift-invariant.
+    "triplet_wide_shift": ("triplet", ["--config.model.block_widths=(64, 64, 256, 256)",
+                                       "--config.model.in_channels=1", "--config.train.num_epochs=22",
+                                       "--config.optim.decay_every_epochs=5", "--config.optim.decay_factor=0.5",
+                                       "--config.data.binarize=False", "--config.data.grayscale=True",
+                                       "--config.data.translate_px=2.0", "--config.model.tta_shift_px=1"],
+                           "as triplet_wide, with random shifts of up to 2 pixels each way in training and the "
+                           "mean embedding of 9 shifts by 1 pixel at test; Adam 1e-3 halved every 5 epochs; 22 "
+                           "epochs"),
+    # triplet_wide_shift with Koch's affine distortions too (rotation, shear, scale; at 28x28 its translation is
+    # half a pixel): does more invariance keep paying?
+    "triplet_wide_affine": ("triplet", ["--config.model.block_widths=(64, 64, 256, 256)",
+                                        "--config.model.in_channels=1", "--config.train.num_epochs=22",
+                                        "--config.optim.decay_every_epochs=5", "--config.optim.decay_factor=0.5",
+                                        "--config.data.binarize=False", "--config.data.grayscale=True",
+                                        "--config.data.translate_px=2.0", "--config.data.affine=True",
+                                        "--config.model.tta_shift_px=1"],
+                            "as triplet_wide_shift, with Koch's affine distortions in training too; 22 epochs"),
     "contrastive": ("contrastive", ["--config.optim.lr=1e-3", "--config.train.steps_per_epoch=1000",
                                     "--config.train.num_epochs=3", "--config.optim.decay_every_epochs=2"],
                     "32 pairs a batch, p_same 0.4, margin 2, top half mined (the study's); Adam 1e-3 (the "

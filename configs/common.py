@@ -68,6 +68,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     # Training-time augmentation, each one off by default except the flip:
     c.data.flip = True  # random horizontal flip
     c.data.rotation_deg = 0.0  # random rotation in [-deg, +deg]
+    c.data.translate_px = 0.0  # random shift of up to this many pixels (of the resized image) on each axis
     c.data.crop_scale_min = 1.0  # < 1: random resized crop of [crop_scale_min, 1] of the area
     c.data.color_jitter = 0.0  # strength of random brightness / contrast / saturation
     c.data.affine = False  # Koch's: rotate +-10 deg, shear +-0.3, scale 0.8-1.2, shift +-2 px at 105x105; each p=0.5
@@ -95,6 +96,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.model.compute_dtype = "float32"  # 'bfloat16': the backbone computes in bf16, parameters stay float32
     c.model.embed_dim = 256  # the embedding head projects the backbone's features to this size
     c.model.normalize = True  # L2-normalise embeddings
+    c.model.tta_shift_px = 0  # > 0: evaluation embeds each image as the mean over its 9 shifts by {-px, 0, px}^2
     c.model.frozen_batchnorm = False  # True: BatchNorm keeps its stored statistics during training
     c.model.frozen_stages = ()  # backbone stages that do not train, e.g. ("conv1", "bn1", "layer1"): weights and BN
     c.model.head_batchnorm = False  # BatchNorm on the projection, before the optional L2 normalisation

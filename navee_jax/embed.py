@@ -3,6 +3,7 @@ model's features, jitted over the mesh; normalisation happens inside the jit."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Iterable, Sequence
 
 import jax
@@ -41,16 +42,59 @@ def image_normalizer(data_cfg: ml_collections.ConfigDict, in_channels: int = 3) 
     return lambda images: normalize_images(images[..., :1], mean[:1], std[:1])
 
 
+@dataclasses.dataclass(frozen=True)
+class ShiftViews:
+    """Test-time augmentation by shifts: an image's embedding is the mean of the embeddings of the image moved
+    by (dy, dx) in {-px, 0, px}^2 (9 views; uncovered pixels `fill`), L2-normalised again if `renormalize`
+    (a model whose embeddings are unit vectors). A network that is not fully shift-invariant ranks unseen
+    classes better with it (docs/omniglot.md)."""
+
+    px: int
+    fill: int  # uint8, the background the shifted-in border gets
+    renormalize: bool
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict) -> ShiftViews | None:
+        """`model.tta_shift_px` (None when 0 or absent: a workdir from before the key)."""
+        px = int(config.model.get("tta_shift_px", 0))
+        if px == 0:
+            return None
+        return cls(px, int(round(255 * config.data.fill)), bool(config.model.normalize))
+
+    def views(self, images: jax.Array) -> jax.Array:
+        """(9 * N, H, W, C): the 9 shifted copies of the (N, H, W, C) `images`, view-major."""
+        p, (h, w) = self.px, images.shape[1:3]
+        padded = jnp.pad(images, ((0, 0), (p, p), (p, p), (0, 0)), constant_values=jnp.asarray(self.fill, images.dtype))
+        # Content moved by (dy, dx): out[y, x] = in[y - dy, x - dx].
+        offsets = [(dy, dx) for dy in (-p, 0, p) for dx in (-p, 0, p)]
+        return jnp.concatenate([padded[:, p - dy:p - dy + h, p - dx:p - dx + w] for dy, dx in offsets])
+
+    def average(self, embeddings: jax.Array, n: int) -> jax.Array:
+        """(N, D) mean over the views of (9 * N, D) view-major embeddings."""
+        mean = embeddings.reshape(9, n, -1).mean(axis=0)
+        return mean / jnp.linalg.norm(mean, axis=-1, keepdims=True).clip(1e-12) if self.renormalize else mean
+
+
+def embed_images(model: nnx.Module, images: jax.Array, prepare: Prepare | None = None,
+                 forward: Callable[[nnx.Module, jax.Array], jax.Array] | None = None,
+                 shifts: ShiftViews | None = None) -> jax.Array:
+    """The embedding of a batch of pipeline images: `prepare` (normalisation), then `forward(model, x)` (or
+    `model(x)`), averaged over `shifts`' views when given. Traceable: jitted here, exported for serving."""
+    views = shifts.views(images) if shifts else images
+    x = prepare(views) if prepare else views
+    out = forward(model, x) if forward else model(x)
+    return shifts.average(out, images.shape[0]) if shifts else out
+
+
 def make_embed_fn(eval_graphdef: nnx.GraphDef, mesh: Mesh, prepare: Prepare | None = None,
-                  forward: Callable[[nnx.Module, jax.Array], jax.Array] | None = None
-                  ) -> EmbedFn:
-    """(state, images) -> embeddings, in the mode `eval_graphdef` was split in (eval: BatchNorm running
-    statistics); `forward(model, x)` replaces `model(x)` (e.g. MAML's features before its head)."""
+                  forward: Callable[[nnx.Module, jax.Array], jax.Array] | None = None,
+                  shifts: ShiftViews | None = None) -> EmbedFn:
+    """(state, images) -> `embed_images`, jitted over the mesh, in the mode `eval_graphdef` was split in (eval:
+    BatchNorm running statistics); `forward` is e.g. MAML's features before its head."""
 
     def embed(state: Any, images: jax.Array) -> jax.Array:
         model = nnx.merge(eval_graphdef, state.params, state.model_state)
-        x = prepare(images) if prepare else images
-        return forward(model, x) if forward else model(x)
+        return embed_images(model, images, prepare, forward, shifts)
 
     repl = replicated(mesh)
     return jax.jit(embed, in_shardings=(repl, batch_sharded(mesh)), out_shardings=repl,

@@ -68,3 +68,27 @@ def test_random_transforms_are_seeded(key, value):
     np.testing.assert_array_equal(a, b)
     assert any(not np.allclose(a, o) for o in others)
     assert a.min() >= 0 and a.max() <= 1 + 1e-6
+
+
+def test_random_translation_matches_scipy_shift_and_is_seeded():
+    from scipy import ndimage
+
+    tf = tf_module()
+    img = _image(11, 11)
+    shifts = []
+    for s in range(8):
+        seed = tf.constant([s, 5], tf.int64)
+        t_x, t_y = augment.random_shift(seed, 2.0).numpy()
+        got = augment.random_translation(img, seed, 2.0, fill=0.7).numpy()
+        # scipy shifts content by +t along each axis, the same direction as the affine map's translation.
+        want = ndimage.shift(img, (t_y, t_x, 0), order=1, mode="constant", cval=0.7)
+        inner = np.s_[3:-3, 3:-3]  # bilinear edges blend with the fill differently; the interior must agree
+        np.testing.assert_allclose(got[inner], want[inner], atol=1e-5)
+        shifts.append((t_x, t_y))
+    shifts = np.array(shifts)
+    assert np.all(np.abs(shifts) <= 2.0) and shifts.std() > 0.5
+    np.testing.assert_array_equal(augment.random_shift(tf.constant([0, 5], tf.int64), 2.0).numpy(), shifts[0])
+    data = common.get_config("digits").data
+    data.flip, data.translate_px = False, 2.0
+    np.testing.assert_allclose(augment.geometry_and_colour(img, tf.constant([0, 5], tf.int64), data).numpy(),
+                               augment.random_translation(img, tf.constant([0, 5], tf.int64), 2.0, data.fill).numpy())

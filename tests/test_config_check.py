@@ -59,6 +59,7 @@ BAD: dict[str, list[Any]] = {
     "data.rotated_classes": ["(45,)", Py((90, "180"))],
     "data.flip": ["maybe", Py(None)],
     "data.rotation_deg": ["-5", "inf", Py("15")],
+    "data.translate_px": ["-1", "nan"],
     "data.crop_scale_min": ["0", "-0.5", "1.5"],
     "data.color_jitter": ["-0.1", "1.5"],
     "data.affine": ["maybe", Py(1)],
@@ -75,6 +76,7 @@ BAD: dict[str, list[Any]] = {
     "split.min_images_per_class": ["1", "0", "-3"],
     "model.backbone": ["resnet34", Py(None)],
     "model.width": ["0", "-8"],
+    "model.tta_shift_px": ["-1", "1.5"],
     "model.block_widths": ["(64, 64)", "(64, 64, 0, 64)", "(64, 64, 'a', 64)", Py(64)],
     "model.in_channels": ["2", "0", Py(True)],
     "model.remove_top_layers": ["-1", "8"],
@@ -143,6 +145,7 @@ CROSS_CASES: list[tuple[str, list[str], str, bool]] = [
     ("configs/multi_similarity.py:digits", ["--config.sampler.kind=pairs"], "sampler.kind", True),
     ("configs/maml.py:digits", ["--config.sampler.kind=pk"], "sampler.kind", True),
     ("configs/triplet.py:digits", ["--config.model.block_widths=(64, 64, 128, 128)"], "model.block_widths", True),
+    ("configs/triplet.py:omniglot", ["--config.model.tta_shift_px=14"], "model.tta_shift_px", True),
     ("configs/triplet.py:digits", ["--config.data.source=folder"], "data.root", True),
     ("configs/triplet.py:digits", ["--config.data.source=styles_csv", "--config.data.root=/data",
                             "--config.data.label_column="], "data.label_column", True),
@@ -178,6 +181,7 @@ CROSS_CASES: list[tuple[str, list[str], str, bool]] = [
     ("configs/maml.py:digits", ["--config.model.frozen_batchnorm=True"], "model.frozen_batchnorm", False),
     ("configs/maml.py:digits", ["--config.model.frozen_stages=blocks"], "model.frozen_stages", False),
     ("configs/maml.py:digits", ["--config.model.pretrained=conv4.safetensors"], "model.pretrained", False),
+    ("configs/maml.py:digits", ["--config.model.tta_shift_px=1"], "model.tta_shift_px", False),
 ]
 
 # Settings that must stay valid: the rules are not stricter than the code.
@@ -189,6 +193,7 @@ GOOD_CASES: list[tuple[str, list[str]]] = [
     ("configs/triplet.py:digits", ["--config.model.backbone=koch", "--config.data.image_size=105"]),
     ("configs/triplet.py:digits", ["--config.model.in_channels=1", "--config.data.grayscale=True"]),
     ("configs/maml.py:digits", ["--config.model.block_widths=(8, 8, 16, 16)"]),
+    ("configs/triplet.py:omniglot", ["--config.model.tta_shift_px=13"]),
     ("configs/triplet.py:omniglot_all", ["--config.split.mode=groups"]),
     ("configs/triplet.py:omniglot_all", ["--config.split.mode=partial", "--config.split.partial_group=x"]),
     ("configs/triplet.py:digits", ["--config.data.source=tfds:omniglot", "--config.data.tfds_group_key=alphabet",

@@ -195,3 +195,20 @@ def test_releasing_the_workdir_lock_survives_its_file_or_workdir_deleted_meanwhi
     assert not (workdir / "lock").exists()
     with WorkdirLock(str(workdir)):  # and the workdir can be locked again
         assert (workdir / "lock").exists()
+
+
+def test_a_workdir_from_before_a_key_resumes_at_its_old_value_and_is_refused_otherwise():
+    from configs import triplet
+    from navee_jax.errors import UserError
+    from navee_jax.launcher.train import KEYS_ADDED_LATER, _check_resumable, _resume_fingerprint
+
+    config = triplet.get_config("omniglot")
+    older = {k: v for k, v in _resume_fingerprint(config).items() if k not in KEYS_ADDED_LATER}
+    assert len(older) < len(_resume_fingerprint(config))
+    _check_resumable(older, config, "workdir w")  # the defaults are what the older code ran with
+    config.model.tta_shift_px = 1
+    with pytest.raises(UserError, match=r"^workdir w was trained with model.tta_shift_px=0 but the config now says 1"):
+        _check_resumable(older, config, "workdir w")
+    config.model.tta_shift_px, config.model.width = 0, 32
+    with pytest.raises(UserError, match="model.width=64"):  # keys it did have are compared as before
+        _check_resumable(older, config, "workdir w")

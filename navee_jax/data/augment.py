@@ -40,7 +40,8 @@ def to_uint8(img):
 def needs_float(data: ml_collections.ConfigDict, train: bool) -> bool:
     """Whether the transforms `data` asks for must run in float; without them an image stays uint8 from
     decode to batch (only a resize, if its size differs, goes through float)."""
-    random_float = data.crop_scale_min < 1 or data.rotation_deg or data.color_jitter or data.get("affine", False)
+    random_float = (data.crop_scale_min < 1 or data.rotation_deg or data.color_jitter or data.get("affine", False)
+                    or data.get("translate_px", 0.0))
     return bool((train and random_float) or data.grayscale or data.binarize)
 
 
@@ -121,6 +122,19 @@ def random_affine(img, seed, fill: float):
     return affine(img, random_affine_params(seed, tf.shape(img)[1]), fill)
 
 
+def random_shift(seed, limit: float):
+    """(t_x, t_y) pixels, each uniform in [-limit, limit], from the stateless `seed`, folded off it so that
+    the other transforms' draws do not change when this one is on."""
+    tf = tf_module()
+    return tf.random.stateless_uniform([2], tf.random.experimental.stateless_fold_in(seed, 23), -limit, limit)
+
+
+def random_translation(img, seed, limit: float, fill: float):
+    """`img` shifted by `random_shift(seed, limit)` pixels, bilinear; uncovered pixels get `fill`."""
+    tf = tf_module()
+    return affine(img, tf.concat([tf.constant(AFFINE_IDENTITY[:5], tf.float32), random_shift(seed, limit)], 0), fill)
+
+
 def random_resized_crop(img, seed, size: int, scale_min: float):
     """A crop of [scale_min, 1] of the area and aspect ratio in [3/4, 4/3], resized to (size, size)."""
     tf = tf_module()
@@ -142,7 +156,7 @@ def to_grayscale(img, binarize: bool):
 
 def geometry_and_colour(img, seed, data: ml_collections.ConfigDict):
     """The training-time random transforms after resizing: flip, rotation, Koch's affine distortion,
-    colour jitter."""
+    translation, colour jitter."""
     tf = tf_module()
     seeds = tf.random.experimental.stateless_split(seed, 5)  # seeds[0] is free: the flip uses `seed` itself
     if data.flip:
@@ -152,6 +166,8 @@ def geometry_and_colour(img, seed, data: ml_collections.ConfigDict):
         img = rotate(img, tf.random.stateless_uniform([], seeds[1], -limit, limit), data.fill)
     if data.get("affine", False):  # Koch et al.'s distortions (random_affine_params)
         img = random_affine(img, seed, data.fill)
+    if data.get("translate_px", 0.0):
+        img = random_translation(img, seed, data.translate_px, data.fill)
     if data.color_jitter:
         s = data.color_jitter
         img = tf.image.stateless_random_brightness(img, s, seeds[2])

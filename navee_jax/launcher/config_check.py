@@ -128,6 +128,7 @@ RULES: dict[str, Rule] = {
                                      example="(90, 180, 270)"),
     "data.flip": BOOL,
     "data.rotation_deg": number(0),  # rotations are drawn from [-deg, +deg]
+    "data.translate_px": number(0),  # shifts are drawn from [-px, +px] on each axis
     "data.crop_scale_min": number(0, 1, lo_open=True),  # an area fraction; 1 = no crop
     "data.affine": BOOL,  # Koch et al.'s random affine distortions (data.augment.random_affine)
     "data.color_jitter": number(0, 1),  # contrast / saturation factors in [1 - s, 1 + s]: TF needs 1 - s >= 0
@@ -154,6 +155,7 @@ RULES: dict[str, Rule] = {
     "model.compute_dtype": one_of(COMPUTE_DTYPES),
     "model.embed_dim": integer(0),  # 0: the backbone's features, no projection
     "model.normalize": BOOL,
+    "model.tta_shift_px": integer(0),  # pixels of the resized image; below half of it (CROSS)
     "model.frozen_batchnorm": BOOL,
     "model.frozen_stages": tuple_of(text(), example="('conv1', 'bn1', 'layer1')"),  # names checked in CROSS
     "model.head_batchnorm": BOOL,
@@ -334,6 +336,9 @@ CROSS: list[tuple[str, Callable[[ml_collections.ConfigDict], str | None]]] = [
           "split.support_count > 0 sets the support images per class instead"),
     ("model.in_channels", lambda c: None if c.model.in_channels == 3 or c.data.grayscale or c.data.binarize else
      "1 needs grayscale images: set data.grayscale=True (or data.binarize=True)"),  # train.step.image_normalizer
+    ("model.tta_shift_px", lambda c: None if 2 * c.model.tta_shift_px < c.data.image_size else
+     f"model.tta_shift_px={c.model.tta_shift_px} shifts a {c.data.image_size}-pixel image out of view; use less "
+     f"than half of data.image_size"),
     ("model.block_widths", lambda c: None if not c.model.block_widths or c.model.backbone == "conv4" else
      f"sets conv4's blocks, but model.backbone={c.model.backbone!r}: use model.width, or () here"),
     ("data.image_size", _min_image_size),

@@ -43,8 +43,14 @@ def _resume_fingerprint(config: ml_collections.ConfigDict) -> dict:
     return {k: v for k, v in full.items() if k.split(".")[0] in _RESUME_MUST_MATCH or k in _RESUME_MUST_MATCH_KEYS}
 
 
+# Keys added after workdirs were first written, with the value such a workdir was trained with (what the code
+# reads when the key is absent): resuming it compares that value instead of refusing a key it never had.
+KEYS_ADDED_LATER = {"data.affine": False, "data.translate_px": 0.0, "model.block_widths": [],
+                    "model.tta_shift_px": 0}
+
+
 def _check_resumable(saved: dict, config: ml_collections.ConfigDict, where: str) -> None:
-    found = difference(saved, _resume_fingerprint(config))
+    found = difference({**KEYS_ADDED_LATER, **flat(saved)}, _resume_fingerprint(config))
     if found:
         k, was, now, count = found
         raise UserError(f"{where} was trained with {k}={was!r} but the config now says {now!r} "

@@ -31,7 +31,7 @@ from navee_jax.data.catalogue import Catalogue, Skipped
 from navee_jax.data.pipeline import eval_batches
 from navee_jax.data.sources import folder_catalogue, inspect_image
 from navee_jax.errors import UserError
-from navee_jax.embed import embed_in_batches, image_normalizer, make_embed_fn
+from navee_jax.embed import ShiftViews, embed_in_batches, image_normalizer, make_embed_fn
 from navee_jax.models import build_model
 from navee_jax.recognize.gallery import Gallery
 from navee_jax.checkpoints import Checkpoints
@@ -155,9 +155,11 @@ class Recognizer:
         self.prepare = image_normalizer(config.data, config.model.in_channels)
         # make_embed_fn reads only params and model_state; the optimizer's state stays empty.
         self._state = TrainState(np.zeros((), np.int32), params, rest, {}, ())
-        self._embed_fn = make_embed_fn(self.graphdef, self.mesh, self.prepare)
+        self.shifts = shifts = ShiftViews.from_config(config)
+        self._embed_fn = make_embed_fn(self.graphdef, self.mesh, self.prepare, shifts=shifts)
         self.fingerprint = {
-            "model": {k: config.model[k] for k in MODEL_KEYS},
+            # The shift averaging only when on, so that galleries from before the key still match.
+            "model": {k: config.model[k] for k in MODEL_KEYS} | ({"tta_shift_px": shifts.px} if shifts else {}),
             "preprocessing": {k: (list(config.data[k]) if k in ("mean", "std") else config.data[k])
                               for k in PREPROCESSING_KEYS},
             "weights_sha256": _tree_sha256(nnx.to_pure_dict(nnx.state(model))),

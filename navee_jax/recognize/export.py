@@ -19,6 +19,7 @@ import numpy as np
 from flax import nnx
 
 from navee_jax.data.tf_import import tf_module
+from navee_jax.embed import embed_images
 from navee_jax.errors import UserError
 from navee_jax.recognize.api import Recognizer
 
@@ -28,10 +29,10 @@ SAVED_MODEL_NAME = "saved_model"
 
 def embedding_function(rec: Recognizer) -> Callable[[jax.Array], jax.Array]:
     """uint8 images -> embeddings, the weights closed over (so they are constants of the export)."""
-    graphdef, params, rest, prepare = rec.graphdef, rec.params, rec.rest, rec.prepare
+    graphdef, params, rest, prepare, shifts = rec.graphdef, rec.params, rec.rest, rec.prepare, rec.shifts
 
     def embed(images: jax.Array) -> jax.Array:
-        return nnx.merge(graphdef, params, rest)(prepare(images))
+        return embed_images(nnx.merge(graphdef, params, rest), images, prepare, shifts=shifts)
 
     return embed
 

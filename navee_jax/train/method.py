@@ -17,7 +17,7 @@ from navee_jax.backend import cpu_tuned
 from navee_jax.data.catalogue import Catalogue
 from navee_jax.data.pipeline import episode_batches, train_batches, tuple_batches
 from navee_jax.data.splits import Split
-from navee_jax.embed import image_normalizer, make_embed_fn
+from navee_jax.embed import ShiftViews, image_normalizer, make_embed_fn
 from navee_jax.errors import UserError
 from navee_jax.evaluate.heldout import HeldoutEvaluator
 from navee_jax.losses import loss_entry, make_objective
@@ -85,7 +85,7 @@ class MetricLearning(Method):
         loss_params = objective.init_params(jax.random.key(config.seed), model.out_features)
         graphdef, eval_graphdef, state = init_train_state(model, tx, config.model.frozen_batchnorm, frozen,
                                                           loss_params)
-        embed_fn = make_embed_fn(eval_graphdef, mesh, prepare)
+        embed_fn = make_embed_fn(eval_graphdef, mesh, prepare, shifts=ShiftViews.from_config(config))
         # A loss with its own ranking (a verification head) is evaluated by it, with the state's parameters.
         distance = loss_entry(config.loss.name).distance
         distance_of = None if distance is None else (lambda state: distance(state.loss_params))
