@@ -68,7 +68,7 @@ def main() -> None:
     seen = [c for c in characters if c.split("/")[0] not in heldout_alphabets]
     seen = list(np.random.default_rng(0).choice(seen, len(heldout), replace=False))
     recs = [recognizer(w, a.features, a.tta_shift_px) for w in a.workdirs]
-    shifts = [rec.config.model.get("tta_shift_px", 0) for rec in recs]
+    shifts = [rec.config.model.tta_shift_px for rec in recs]
     print(f"{' + '.join(a.workdirs)} ({a.features}, test-time shifts {shifts} px); 1-NN accuracy %, 600 episodes, "
           f"10 queries per class")
     print("| characters | " + " | ".join(f"{w}-way {k}-shot" for w in WAYS for k in SHOTS) + " |")

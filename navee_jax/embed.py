@@ -14,6 +14,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from navee_jax.backend import compiler_options
+from navee_jax.distances import l2_normalize
 from navee_jax.errors import UserError
 from navee_jax.sharding import batch_sharded, process_share, replicated, shard_batch
 
@@ -55,8 +56,8 @@ class ShiftViews:
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> ShiftViews | None:
-        """`model.tta_shift_px` (None when 0 or absent: a workdir from before the key)."""
-        px = int(config.model.get("tta_shift_px", 0))
+        """`model.tta_shift_px` (None when 0)."""
+        px = int(config.model.tta_shift_px)
         if px == 0:
             return None
         return cls(px, int(round(255 * config.data.fill)), bool(config.model.normalize))
@@ -72,7 +73,7 @@ class ShiftViews:
     def average(self, embeddings: jax.Array, n: int) -> jax.Array:
         """(N, D) mean over the views of (9 * N, D) view-major embeddings."""
         mean = embeddings.reshape(9, n, -1).mean(axis=0)
-        return mean / jnp.linalg.norm(mean, axis=-1, keepdims=True).clip(1e-12) if self.renormalize else mean
+        return l2_normalize(mean) if self.renormalize else mean
 
 
 def embed_images(model: nnx.Module, images: jax.Array, prepare: Prepare | None = None,

@@ -70,7 +70,7 @@ def test_random_transforms_are_seeded(key, value):
     assert a.min() >= 0 and a.max() <= 1 + 1e-6
 
 
-def test_random_translation_matches_scipy_shift_and_is_seeded():
+def test_random_shift_matches_scipy_and_adds_to_kochs_translation_in_one_resampling():
     from scipy import ndimage
 
     tf = tf_module()
@@ -79,7 +79,7 @@ def test_random_translation_matches_scipy_shift_and_is_seeded():
     for s in range(8):
         seed = tf.constant([s, 5], tf.int64)
         t_x, t_y = augment.random_shift(seed, 2.0).numpy()
-        got = augment.random_translation(img, seed, 2.0, fill=0.7).numpy()
+        got = augment.random_geometry(img, seed, koch=False, shift_px=2.0, fill=0.7).numpy()
         # scipy shifts content by +t along each axis, the same direction as the affine map's translation.
         want = ndimage.shift(img, (t_y, t_x, 0), order=1, mode="constant", cval=0.7)
         inner = np.s_[3:-3, 3:-3]  # bilinear edges blend with the fill differently; the interior must agree
@@ -87,8 +87,14 @@ def test_random_translation_matches_scipy_shift_and_is_seeded():
         shifts.append((t_x, t_y))
     shifts = np.array(shifts)
     assert np.all(np.abs(shifts) <= 2.0) and shifts.std() > 0.5
-    np.testing.assert_array_equal(augment.random_shift(tf.constant([0, 5], tf.int64), 2.0).numpy(), shifts[0])
+    seed = tf.constant([0, 5], tf.int64)
+    np.testing.assert_array_equal(augment.random_shift(seed, 2.0).numpy(), shifts[0])
+    # With Koch's distortion on, its own draw is unchanged and the shift adds to its translation.
+    koch = augment.random_affine_params(seed, 11).numpy()
+    both = augment.affine(img, koch + np.r_[np.zeros(5), shifts[0]].astype(np.float32), 0.7).numpy()
+    np.testing.assert_allclose(augment.random_geometry(img, seed, koch=True, shift_px=2.0, fill=0.7).numpy(), both,
+                               atol=1e-6)
     data = common.get_config("digits").data
     data.flip, data.translate_px = False, 2.0
-    np.testing.assert_allclose(augment.geometry_and_colour(img, tf.constant([0, 5], tf.int64), data).numpy(),
-                               augment.random_translation(img, tf.constant([0, 5], tf.int64), 2.0, data.fill).numpy())
+    np.testing.assert_allclose(augment.geometry_and_colour(img, seed, data).numpy(),
+                               augment.random_geometry(img, seed, False, 2.0, data.fill).numpy())

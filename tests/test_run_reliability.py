@@ -200,7 +200,8 @@ def test_releasing_the_workdir_lock_survives_its_file_or_workdir_deleted_meanwhi
 def test_a_workdir_from_before_a_key_resumes_at_its_old_value_and_is_refused_otherwise():
     from configs import triplet
     from navee_jax.errors import UserError
-    from navee_jax.launcher.train import KEYS_ADDED_LATER, _check_resumable, _resume_fingerprint
+    from navee_jax.launcher.train import _check_resumable, _resume_fingerprint
+    from navee_jax.recorded_config import KEYS_ADDED_LATER
 
     config = triplet.get_config("omniglot")
     older = {k: v for k, v in _resume_fingerprint(config).items() if k not in KEYS_ADDED_LATER}

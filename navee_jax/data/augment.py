@@ -40,8 +40,7 @@ def to_uint8(img):
 def needs_float(data: ml_collections.ConfigDict, train: bool) -> bool:
     """Whether the transforms `data` asks for must run in float; without them an image stays uint8 from
     decode to batch (only a resize, if its size differs, goes through float)."""
-    random_float = (data.crop_scale_min < 1 or data.rotation_deg or data.color_jitter or data.get("affine", False)
-                    or data.get("translate_px", 0.0))
+    random_float = data.crop_scale_min < 1 or data.rotation_deg or data.color_jitter or data.affine or data.translate_px
     return bool((train and random_float) or data.grayscale or data.binarize)
 
 
@@ -116,12 +115,6 @@ def random_affine_params(seed, size):
     return tf.where(active, lo + u * (hi - lo), tf.constant(AFFINE_IDENTITY, tf.float32))
 
 
-def random_affine(img, seed, fill: float):
-    """Koch's random affine distortion of the (square) float image `img`, seeded (`random_affine_params`)."""
-    tf = tf_module()
-    return affine(img, random_affine_params(seed, tf.shape(img)[1]), fill)
-
-
 def random_shift(seed, limit: float):
     """(t_x, t_y) pixels, each uniform in [-limit, limit], from the stateless `seed`, folded off it so that
     the other transforms' draws do not change when this one is on."""
@@ -129,10 +122,16 @@ def random_shift(seed, limit: float):
     return tf.random.stateless_uniform([2], tf.random.experimental.stateless_fold_in(seed, 23), -limit, limit)
 
 
-def random_translation(img, seed, limit: float, fill: float):
-    """`img` shifted by `random_shift(seed, limit)` pixels, bilinear; uncovered pixels get `fill`."""
+def random_geometry(img, seed, koch: bool, shift_px: float, fill: float):
+    """Koch's random affine distortion of the (square) float image `img` (`random_affine_params`, if `koch`)
+    followed by a random shift of up to `shift_px` pixels each way (`random_shift`), resampled once: the shift
+    is added to the distortion's translation."""
     tf = tf_module()
-    return affine(img, tf.concat([tf.constant(AFFINE_IDENTITY[:5], tf.float32), random_shift(seed, limit)], 0), fill)
+    params = (random_affine_params(seed, tf.shape(img)[1]) if koch
+              else tf.constant(AFFINE_IDENTITY, tf.float32))
+    if shift_px:
+        params += tf.concat([tf.zeros([5]), random_shift(seed, shift_px)], 0)
+    return affine(img, params, fill)
 
 
 def random_resized_crop(img, seed, size: int, scale_min: float):
@@ -164,10 +163,8 @@ def geometry_and_colour(img, seed, data: ml_collections.ConfigDict):
     if data.rotation_deg:
         limit = math.radians(data.rotation_deg)
         img = rotate(img, tf.random.stateless_uniform([], seeds[1], -limit, limit), data.fill)
-    if data.get("affine", False):  # Koch et al.'s distortions (random_affine_params)
-        img = random_affine(img, seed, data.fill)
-    if data.get("translate_px", 0.0):
-        img = random_translation(img, seed, data.translate_px, data.fill)
+    if data.affine or data.translate_px:
+        img = random_geometry(img, seed, data.affine, data.translate_px, data.fill)
     if data.color_jitter:
         s = data.color_jitter
         img = tf.image.stateless_random_brightness(img, s, seeds[2])

@@ -130,7 +130,7 @@ RULES: dict[str, Rule] = {
     "data.rotation_deg": number(0),  # rotations are drawn from [-deg, +deg]
     "data.translate_px": number(0),  # shifts are drawn from [-px, +px] on each axis
     "data.crop_scale_min": number(0, 1, lo_open=True),  # an area fraction; 1 = no crop
-    "data.affine": BOOL,  # Koch et al.'s random affine distortions (data.augment.random_affine)
+    "data.affine": BOOL,  # Koch et al.'s random affine distortions (data.augment.random_geometry)
     "data.color_jitter": number(0, 1),  # contrast / saturation factors in [1 - s, 1 + s]: TF needs 1 - s >= 0
     "data.mean": tuple_of(number(), length=3, example="(0.5, 0.5, 0.5)"),  # per RGB channel
     "data.std": tuple_of(number(0, lo_open=True), length=3, example="(0.25, 0.25, 0.25)"),  # divides the pixels

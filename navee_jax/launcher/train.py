@@ -25,6 +25,7 @@ from navee_jax.evaluate.records import FewShotCell
 from navee_jax.fingerprint import difference, flat
 from navee_jax.launcher.progress import Progress
 from navee_jax.method import Trainer, method_of
+from navee_jax.recorded_config import KEYS_ADDED_LATER
 from navee_jax.sharding import check_divisible, make_mesh, shard_step_batch
 
 # Below this embedding spread (see train.step.embedding_spread) the run is reported as collapsed.
@@ -43,13 +44,8 @@ def _resume_fingerprint(config: ml_collections.ConfigDict) -> dict:
     return {k: v for k, v in full.items() if k.split(".")[0] in _RESUME_MUST_MATCH or k in _RESUME_MUST_MATCH_KEYS}
 
 
-# Keys added after workdirs were first written, with the value such a workdir was trained with (what the code
-# reads when the key is absent): resuming it compares that value instead of refusing a key it never had.
-KEYS_ADDED_LATER = {"data.affine": False, "data.translate_px": 0.0, "model.block_widths": [],
-                    "model.tta_shift_px": 0}
-
-
 def _check_resumable(saved: dict, config: ml_collections.ConfigDict, where: str) -> None:
+    # A checkpoint from before a key compares that key's old value, not a key it never had.
     found = difference({**KEYS_ADDED_LATER, **flat(saved)}, _resume_fingerprint(config))
     if found:
         k, was, now, count = found

@@ -57,8 +57,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         (bool(m.frozen_stages), f"model.frozen_stages={tuple(m.frozen_stages)}: MAML adapts every parameter; "
                                 f"use ()"),
         (bool(m.pretrained), "model.pretrained: there are no pretrained Conv-4 weights; use ''"),
-        (bool(m.get("tta_shift_px", 0)), "model.tta_shift_px: MAML's features use the batch's BatchNorm "
-                                         "statistics, which shifted copies would change; use 0"),
+        (bool(m.tta_shift_px), "model.tta_shift_px: MAML's features use the batch's BatchNorm "
+                               "statistics, which shifted copies would change; use 0"),
     ]
     for bad, message in problems:
         if bad:

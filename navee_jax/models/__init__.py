@@ -39,7 +39,7 @@ def build_model(cfg: ml_collections.ConfigDict, rngs: nnx.Rngs, image_size: int,
     if cfg.backbone in _SIZED:
         kwargs["image_size"] = image_size
     if cfg.backbone == "conv4":
-        kwargs["block_widths"] = tuple(cfg.get("block_widths", ()))  # workdirs from before the key have none
+        kwargs["block_widths"] = tuple(cfg.block_widths)
     if cfg.backbone.startswith("vgg"):
         kwargs["remove_top_layers"] = cfg.remove_top_layers
     backbone = BACKBONES[cfg.backbone](width=cfg.width, rngs=rngs, **kwargs)

@@ -37,6 +37,7 @@ from navee_jax.recognize.gallery import Gallery
 from navee_jax.checkpoints import Checkpoints
 from navee_jax.sharding import check_divisible, make_mesh
 from navee_jax.method import method_of
+from navee_jax.recorded_config import complete
 from navee_jax.train_state import TrainState
 
 # The data config keys that decide what the network sees: a gallery made with other values is refused.
@@ -182,7 +183,7 @@ class Recognizer:
         if not os.path.isfile(config_path):
             raise UserError(f"{path!r} is not a training workdir: {config_path} not found")
         with open(config_path) as f:
-            config = ml_collections.ConfigDict(json.load(f))
+            config = ml_collections.ConfigDict(complete(json.load(f)))
         problem = method_of(config).recognition_problem(config)
         if problem:
             raise UserError(f"workdir {workdir!r} cannot serve recognition: {problem}")
