@@ -15,7 +15,7 @@ PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # face, `from navee_jax import Recognizer`) stands above everything.
 LAYERS = (
     ("core", ("errors", "cli", "backend", "sharding", "checkpoints", "distances", "embed", "fingerprint",
-              "train_state", "method", "workdir_lock")),
+              "recorded_config", "train_state", "method", "workdir_lock")),
     ("data, models, losses", ("data", "models", "losses")),
     ("evaluate", ("evaluate",)),
     ("methods", ("train", "meta")),
