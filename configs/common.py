@@ -52,6 +52,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.data.group_level = -1  # folder source: path component naming the group (0 = first level; -1 = none)
     c.data.label_column = "articleType"  # styles_csv source: the class column
     c.data.group_column = ""  # styles_csv source: the group column ('' = none), e.g. masterCategory
+    # styles_csv source: coarser columns a classifier is also scored at, e.g. ('subCategory', 'masterCategory')
+    c.data.label_levels = ()
     c.data.duplicates = "skip"  # folder / styles_csv: exact duplicate files: 'skip' later copies | 'keep' all
     c.data.tfds_split = "train"  # 'tfds:<name>' sources (a dataset already prepared; nothing downloads)
     c.data.tfds_label_key = "label"
@@ -76,7 +78,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.data.std = IMAGENET_STD
 
     c.split = ml_collections.ConfigDict()
-    c.split.mode = "classes"  # 'classes' | 'groups' (whole groups unseen) | 'partial' (classes of one seen group)
+    # 'classes' | 'groups' (whole groups unseen) | 'partial' (classes of one seen group) | 'stratified'
+    # (classification: every class's images divided into train / validation / test)
+    c.split.mode = "classes"
+    c.split.seed = -1  # -1: the run's seed; set it to keep one split across runs of other seeds (an ensemble)
     c.split.heldout_classes = ("6", "7", "8", "9")  # mode 'classes'; () = draw num_heldout_classes
     c.split.num_heldout_classes = 0  # modes 'classes' and 'partial'
     c.split.heldout_groups = ()  # mode 'groups', by name; () = draw num_heldout_groups
@@ -85,6 +90,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.split.support_fraction = 0.5  # of each held-out class's images; the rest are queries ...
     c.split.support_count = 0  # ... unless this is > 0: that many support images per class (e.g. 5 shots)
     c.split.min_images_per_class = 2  # smaller held-out classes are reported as unused
+    c.split.test_fraction = 0.2  # mode 'stratified': of each class's images (at least one), ...
+    c.split.validation_fraction = 0.1  # ... and of the rest, where a class has images to spare
 
     c.model = ml_collections.ConfigDict()
     c.model.backbone = "resnet18"  # resnet18 | resnet50 | conv4 | koch | vgg16 | vgg16_bn
@@ -102,7 +109,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.model.head_batchnorm = False  # BatchNorm on the projection, before the optional L2 normalisation
 
     c.sampler = ml_collections.ConfigDict()
-    c.sampler.kind = "pk"  # pk | pairs | triplets | episodes | tasks: what a train batch is (each loss names its kinds)
+    # pk | pairs | triplets | episodes | tasks | shuffled: what a train batch is (each method / loss names its kinds)
+    c.sampler.kind = "pk"
+    c.sampler.batch_size = 64  # 'shuffled': images per global batch, each epoch a fresh permutation
     c.sampler.classes_per_batch = 6  # P
     c.sampler.images_per_class = 8  # K; the global batch is P*K
     c.sampler.ways = 5  # episodic methods: N classes per episode ...

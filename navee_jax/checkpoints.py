@@ -12,7 +12,9 @@ import shutil
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from flax import nnx
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policy
 
 from navee_jax.errors import UserError
@@ -138,6 +140,50 @@ class Checkpoints:
         return UnreadableCheckpoint(
             f"checkpoint {self.directory}/{step} is unreadable ({_first_line(e)}); delete that folder" +
             (f", or use another saved step {others}" if others else ", or use a fresh --workdir"), _first_line(e))
+
+
+def restore_arrays(workdir: str, checkpoint: str, best_metric: str = "map") -> tuple[int, dict[str, Any]]:
+    """(step, saved train state as nested dicts of arrays) of `checkpoint` (best, latest or a step) in `workdir`,
+    read-only; "best" by the recorded `best_metric`."""
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        raise UserError(f"workdir {workdir!r} has no checkpoints/ (train it first)")
+    ckpt = Checkpoints(workdir, best_metric=best_metric)  # read-only: loading never deletes a checkpoint
+    try:
+        step = ckpt.resolve_step(checkpoint)
+        if step is None:
+            raise UserError(f"workdir {workdir!r} has no saved checkpoint")
+        return step, ckpt.restore_arrays(step)
+    finally:
+        ckpt.close()
+
+
+def unwrap_arrays(tree: Any) -> Any:
+    """Orbax's target-free restore keeps NNX's {'value': array} leaves; these are the arrays."""
+    if isinstance(tree, dict):
+        if set(tree) == {"value"} and not isinstance(tree["value"], dict):
+            return tree["value"]
+        return {k: unwrap_arrays(v) for k, v in tree.items()}
+    return tree
+
+
+def load_weights_into(model: nnx.Module, restored: dict[str, Any], where: str) -> None:
+    """Copies every variable of `model` from the restored checkpoint arrays (params + model_state)."""
+    saved = {}
+    for part in ("params", "model_state"):
+        for path, leaf in jax.tree_util.tree_flatten_with_path(unwrap_arrays(restored.get(part, {})))[0]:
+            saved[tuple(str(getattr(p, "key", p)) for p in path)] = leaf
+    state = nnx.state(model)
+    flat, treedef = jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(state))
+    leaves = []
+    for path, like in flat:
+        key = tuple(str(getattr(p, "key", p)) for p in path)
+        if key not in saved or np.shape(saved[key]) != np.shape(like):
+            got = np.shape(saved[key]) if key in saved else "missing"
+            raise UserError(f"checkpoint {where} does not fit its config.json: {'/'.join(key)} is {got}, the model "
+                            f"needs {np.shape(like)}")
+        leaves.append(np.asarray(saved[key], like.dtype))
+    nnx.replace_by_pure_dict(state, jax.tree_util.tree_unflatten(treedef, leaves))
+    nnx.update(model, state)
 
 
 def _first_line(e: Exception) -> str:

@@ -51,6 +51,8 @@ class Method(abc.ABC):
     """A training method; subclasses are registered by name."""
 
     name: str = ""
+    # (the key of the first evaluator's results that picks the best checkpoint, how progress lines name it)
+    selection: tuple[str, str] = ("map", "held-out mAP")
 
     def check_config(self, config: ml_collections.ConfigDict) -> None:  # noqa: B027 (optional to override)
         """One-line UserError for a setting this method cannot honour, before any data loads."""
@@ -79,7 +81,8 @@ class Method(abc.ABC):
         return None
 
 
-BUILT_IN = {"metric_learning": "navee_jax.train.method", "maml": "navee_jax.meta.method"}
+BUILT_IN = {"metric_learning": "navee_jax.train.method", "maml": "navee_jax.meta.method",
+            "classifier": "navee_jax.classify.method"}
 _registered: dict[str, Method] = {}
 
 

@@ -5,11 +5,19 @@ directly and an old workdir resumes and loads as it was."""
 from __future__ import annotations
 
 import copy
+import json
+import os
 from typing import Any
+
+import ml_collections
+
+from navee_jax.errors import UserError
 
 # Dotted key -> the value a run from before the key behaved as (as JSON writes it: tuples are lists).
 KEYS_ADDED_LATER: dict[str, Any] = {"data.affine": False, "data.translate_px": 0.0, "model.block_widths": [],
-                                    "model.tta_shift_px": 0}
+                                    "model.tta_shift_px": 0, "data.label_levels": [], "split.test_fraction": 0.2,
+                                    "split.validation_fraction": 0.1, "sampler.batch_size": 64,
+                                    "split.seed": -1}
 
 
 def complete(config: dict[str, Any]) -> dict[str, Any]:
@@ -22,3 +30,13 @@ def complete(config: dict[str, Any]) -> dict[str, Any]:
             node = node.setdefault(section, {})
         node.setdefault(key, copy.deepcopy(value))
     return out
+
+
+def read_config(workdir: str, named: str | None = None) -> ml_collections.ConfigDict:
+    """The config a workdir was trained with (its config.json, `complete`d); `named`: how the user named the
+    workdir, in the message when it is not one."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise UserError(f"{named or workdir!r} is not a training workdir: {path} not found")
+    with open(path) as f:
+        return ml_collections.ConfigDict(complete(json.load(f)))

@@ -25,7 +25,8 @@ from navee_jax.errors import UserError
 pytestmark = pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")
 
 EXPERIMENTS = ("triplet", "contrastive", "protonet", "multi_similarity", "proxy_anchor", "maml", "siamese")
-SPECS = [f"configs/{e}.py" + (f":{v}" if v else "") for e in EXPERIMENTS for v in common.VARIANTS]
+SPECS = [f"configs/{e}.py" + (f":{v}" if v else "") for e in EXPERIMENTS for v in common.VARIANTS] + \
+    ["configs/classifier.py", "configs/classifier.py:fashion", "configs/classifier.py:fashion224"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +47,7 @@ BAD: dict[str, list[Any]] = {
     "data.group_level": ["-2", "x"],
     "data.label_column": [Py(3)],
     "data.group_column": [Py(3)],
+    "data.label_levels": ["(3,)", Py("masterCategory")],
     "data.duplicates": ["drop", Py(True)],
     "data.tfds_split": [Py(0)],
     "data.tfds_label_key": [Py(None)],
@@ -74,6 +76,9 @@ BAD: dict[str, list[Any]] = {
     "split.support_fraction": ["0", "1.0", "1.5", "-0.5", "half"],
     "split.support_count": ["-1"],
     "split.min_images_per_class": ["1", "0", "-3"],
+    "split.test_fraction": ["0", "1", "1.5"],
+    "split.seed": ["-2", "1.5"],
+    "split.validation_fraction": ["1", "-0.1"],
     "model.backbone": ["resnet34", Py(None)],
     "model.width": ["0", "-8"],
     "model.tta_shift_px": ["-1", "1.5"],
@@ -96,6 +101,7 @@ BAD: dict[str, list[Any]] = {
     "sampler.tasks_per_batch": ["0", "-1", Py(2.0)],
     "sampler.tuples_per_batch": ["0"],
     "sampler.p_same": ["-0.1", "1.5", "nan"],
+    "sampler.batch_size": ["0", "-1"],
     "optim.lr": ["-1", "0", "nan", "inf"],
     "optim.weight_decay": ["-0.1"],
     "optim.decay_every_epochs": ["0", "-1"],
@@ -132,6 +138,7 @@ BAD: dict[str, list[Any]] = {
     "loss.eval_inner_steps": ["0", Py(None)],
     "loss.first_order": ["maybe", Py(1)],
     "loss.learn_inner_lr": ["maybe"],
+    "loss.label_smoothing": ["1", "-0.1"],
 }
 
 # Keys whose ranges navee_jax.meta.train.check_config owns (its messages read "loss.inner_steps=0: ..."), checked

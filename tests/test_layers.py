@@ -19,6 +19,7 @@ LAYERS = (
     ("data, models, losses", ("data", "models", "losses")),
     ("evaluate", ("evaluate",)),
     ("methods", ("train", "meta")),
+    ("methods on the metric-learning step", ("classify",)),
     ("recognize", ("recognize",)),
     ("entry points", ("launcher",)),
 )

@@ -74,7 +74,8 @@ def test_cosine_margin_loss_matches_numpy():
 @pytest.mark.parametrize("key,value,message", [
     ("loss.name", "cosine_margn", "config key 'loss.name' = 'cosine_margn': unknown loss 'cosine_margn'; available: "
                                   "['contrastive', 'cosine_margin', 'multi_similarity',"),
-    ("method", "simclr", "config key 'method' = 'simclr': unknown method; available: ['maml', 'metric_learning']"),
+    ("method", "simclr",
+     "config key 'method' = 'simclr': unknown method; available: ['classifier', 'maml', 'metric_learning']"),
 ])
 def test_unknown_names_list_what_is_registered(tmp_path, cosine_margin, capsys, key, value, message):
     c = _toy_config()

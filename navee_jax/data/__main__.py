@@ -45,12 +45,12 @@ def main(argv: list[str]) -> None:
 
     from navee_jax.data.describe import describe, images_per_class, save_histogram_png
     from navee_jax.data.sources import load_catalogue
-    from navee_jax.data.splits import make_split
+    from navee_jax.data.splits import make_split, split_seed
     from navee_jax.errors import UserError
 
     try:
         catalogue = load_catalogue(config.data)
-        split = make_split(catalogue, config.split, config.seed)
+        split = make_split(catalogue, config.split, split_seed(config))
     except UserError as e:
         fail(str(e))
     path = os.path.join(workdir, PNG_NAME)

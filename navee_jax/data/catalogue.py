@@ -36,6 +36,8 @@ class Catalogue:
     digests: tuple[str, ...] | None = None  # per file: SHA-1 of its bytes (None: not computed)
     # per image: counter-clockwise quarter turns applied when it is decoded (navee_jax.data.rotations)
     quarter_turns: np.ndarray | None = None
+    # per coarser label column (styles.csv's data.label_levels, e.g. masterCategory): each image's value
+    levels: dict[str, tuple[str, ...]] | None = None
 
     def __post_init__(self):
         if (self.paths is None) == (self.pixels is None):
@@ -49,6 +51,9 @@ class Catalogue:
             raise ValueError(f"{n} images but {len(self.digests)} digests")
         if self.quarter_turns is not None and len(self.quarter_turns) != n:
             raise ValueError(f"{n} images but {len(self.quarter_turns)} quarter turns")
+        for name, values in (self.levels or {}).items():
+            if len(values) != n:
+                raise ValueError(f"{n} images but {len(values)} {name} values")
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -186,6 +186,26 @@ def train_batches(catalogue: Catalogue, pool: np.ndarray, cfg: ml_collections.Co
     return _batched(catalogue, batches, {}, aug_seed, cfg.data, process_index, process_count)
 
 
+def shuffled_indices(pool: np.ndarray, batch_size: int, num_batches: int, rng: np.random.Generator) -> np.ndarray:
+    """(num_batches, batch_size) indices of `pool` in shuffled passes: each pass a fresh permutation of the
+    whole pool, the next pass starting where a batch needs more than the last one left (every image once per
+    pass, batches of one size for the jitted step)."""
+    needed = num_batches * batch_size
+    passes = [rng.permutation(pool) for _ in range(-(-needed // len(pool)))]
+    return np.concatenate(passes)[:needed].reshape(num_batches, batch_size)
+
+
+def shuffled_batches(catalogue: Catalogue, pool: np.ndarray, cfg: ml_collections.ConfigDict, epoch: int,
+                     num_batches: int, process_index: int = 0,
+                     process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+    """One epoch of `sampler.batch_size` images drawn without replacement (`shuffled_indices`), the
+    classifier's batches: {"images": (B, S, S, 3) uint8, "labels": (B,) int32}. Sharded like `train_batches`."""
+    rng = np.random.default_rng([cfg.seed, 7, epoch])
+    batches = shuffled_indices(np.asarray(pool), cfg.sampler.batch_size, num_batches, rng)
+    aug_seed = int(rng.integers(2**31 - 1))
+    return _batched(catalogue, batches, {}, aug_seed, cfg.data, process_index, process_count)
+
+
 def tuple_batches(catalogue: Catalogue, pool: np.ndarray, cfg: ml_collections.ConfigDict, epoch: int,
                   num_batches: int, kind: str, process_index: int = 0,
                   process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:

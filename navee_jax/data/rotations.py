@@ -58,5 +58,6 @@ def with_rotated_classes(catalogue: Catalogue, split: Split, degrees: tuple[int,
         catalogue, labels=np.concatenate(labels), class_names=tuple(names),
         paths=per_image(catalogue.paths), pixels=None if catalogue.pixels is None else catalogue.pixels[every],
         groups=per_image(catalogue.groups), transparent=per_image(catalogue.transparent),
-        digests=per_image(catalogue.digests), content_ids=ids, quarter_turns=np.concatenate(turns))
+        digests=per_image(catalogue.digests), content_ids=ids, quarter_turns=np.concatenate(turns),
+        levels=None if catalogue.levels is None else {k: per_image(v) for k, v in catalogue.levels.items()})
     return rotated, dataclasses.replace(split, train=np.concatenate([split.train, np.arange(n, len(every))]))

@@ -40,6 +40,7 @@ class _Candidate:
     path: str
     label: str
     group: str | None = None
+    levels: tuple[str, ...] = ()  # the image's values in the catalogue's `level_names` columns
 
 
 def digits_catalogue() -> Catalogue:
@@ -75,7 +76,8 @@ def _check_duplicates(duplicates: str) -> None:
 
 
 def _validated_catalogue(root: str, candidates: list[_Candidate], skipped: list[Skipped],
-                         num_workers: int = 8, duplicates: str = "skip", option: str = "data.root") -> Catalogue:
+                         num_workers: int = 8, duplicates: str = "skip", option: str = "data.root",
+                         level_names: tuple[str, ...] = ()) -> Catalogue:
     """Decodes and hashes every candidate (in `candidates` order); builds the catalogue of the good ones.
     Exact duplicates: the later copies are skipped ('skip'), or kept with the content id of the first ('keep').
     `option` names where `root` came from, in messages."""
@@ -116,6 +118,7 @@ def _validated_catalogue(root: str, candidates: list[_Candidate], skipped: list[
         content_ids=np.array(content_ids, dtype=np.int64) if duplicates == "keep" else None,
         root=root,
         digests=tuple(digests),
+        levels={name: tuple(c.levels[j] for c in good) for j, name in enumerate(level_names)} or None,
     )
 
 
@@ -263,7 +266,8 @@ def read_styles_csv(path: str) -> tuple[list[str], list[list[str]], list[tuple[i
     return header, rows, malformed
 
 
-def styles_catalogue(root: str, label_column: str, group_column: str = "", duplicates: str = "skip") -> Catalogue:
+def styles_catalogue(root: str, label_column: str, group_column: str = "", duplicates: str = "skip",
+                     label_levels: tuple[str, ...] = ()) -> Catalogue:
     """Kaggle "Fashion Product Images": `root/styles.csv` (id, ..., label columns) and `root/images/<id>.jpg`.
     Rows whose image is missing are skipped and counted (most rows of the public copies have none).
     `duplicates`: see `_validated_catalogue` (some product ids share one photo)."""
@@ -272,10 +276,12 @@ def styles_catalogue(root: str, label_column: str, group_column: str = "", dupli
     if not os.path.isfile(csv_path):
         raise UserError(f"data.root: {csv_path!r} not found (the Kaggle layout is styles.csv + images/<id>.jpg)")
     header, rows, malformed = read_styles_csv(csv_path)
-    for column in ("id", label_column) + ((group_column,) if group_column else ()):
-        if column not in header:
-            raise UserError(f"data.label_column / data.group_column: column {column!r} is not in {csv_path} "
-                            f"(columns: {header})")
+    for option, columns in (("data.label_column", ("id", label_column)),
+                            ("data.group_column", (group_column,) if group_column else ()),
+                            ("data.label_levels", tuple(label_levels))):
+        for column in columns:
+            if column not in header:
+                raise UserError(f"{option}: column {column!r} is not in {csv_path}; its columns are {header}")
     col = {c: i for i, c in enumerate(header)}
     skipped = [Skipped(f"{csv_path}:{n}", why) for n, why in malformed]
     candidates = []
@@ -287,8 +293,9 @@ def styles_catalogue(root: str, label_column: str, group_column: str = "", dupli
             skipped.append(Skipped(path, f"empty {label_column}"))
         else:
             group = row[col[group_column]].strip() if group_column else None
-            candidates.append(_Candidate(path, row[col[label_column]].strip(), group))
-    return _validated_catalogue(root, candidates, skipped, duplicates=duplicates)
+            levels = tuple(row[col[c]].strip() for c in label_levels)
+            candidates.append(_Candidate(path, row[col[label_column]].strip(), group, levels))
+    return _validated_catalogue(root, candidates, skipped, duplicates=duplicates, level_names=tuple(label_levels))
 
 
 def load_catalogue(data: ml_collections.ConfigDict) -> Catalogue:
@@ -303,7 +310,8 @@ def load_catalogue(data: ml_collections.ConfigDict) -> Catalogue:
     if data.source == "folder":
         return folder_catalogue(data.root, data.group_level, data.duplicates)
     if data.source == "styles_csv":
-        return styles_catalogue(data.root, data.label_column, data.group_column, data.duplicates)
+        return styles_catalogue(data.root, data.label_column, data.group_column, data.duplicates,
+                                tuple(data.label_levels))
     if data.source.startswith("tfds:"):
         from navee_jax.data.tfds_source import tfds_catalogue
 

@@ -1,4 +1,8 @@
-"""Class-disjoint split: base (train) classes vs held-out classes, the latter cut into support / query."""
+"""Splits of a catalogue into the images that train and those that evaluate.
+
+Few-shot modes ('classes', 'groups', 'partial') are class-disjoint: base (train) classes vs held-out classes,
+the latter cut into support / query. Classification ('stratified') divides every class's images instead.
+"""
 
 from __future__ import annotations
 
@@ -28,6 +32,18 @@ class Split:
     # held-out exact copies of an image that is in training or in another held-out class (see make_split)
     excluded_duplicates: np.ndarray
     heldout_classes: tuple[str, ...]
+    # split.mode='stratified': the classes of a single image, which train but have no test image
+    untested_classes: tuple[str, ...] = ()
+
+    # split.mode='stratified' has no held-out classes: its evaluation images are of the training classes, the
+    # validation part (choosing checkpoints and k) in `support` and the test part in `query`.
+    @property
+    def validation(self) -> np.ndarray:
+        return self.support
+
+    @property
+    def test(self) -> np.ndarray:
+        return self.query
 
     def to_json(self, catalogue: Catalogue) -> dict:
         def refs(idx: np.ndarray) -> list[str]:
@@ -37,6 +53,8 @@ class Split:
             "catalogue": catalogue.name,
             "heldout_classes": list(self.heldout_classes),
             "train_classes": sorted({catalogue.class_names[i] for i in catalogue.labels[self.train]}),
+            **({"untested_classes": list(self.untested_classes)} if self.untested_classes else {}),
+            "class_names": list(catalogue.class_names),  # in label order: a classifier's outputs
             "counts": {k: int(len(getattr(self, k))) for k in PARTS},
             **{k: refs(getattr(self, k)) for k in PARTS},
         }
@@ -99,7 +117,8 @@ def heldout_classes(catalogue: Catalogue, cfg: ml_collections.ConfigDict, rng: n
     if cfg.mode == "classes":
         return tuple(_pick("classes", names, tuple(cfg.heldout_classes), cfg.num_heldout_classes, rng))
     if cfg.mode not in ("groups", "partial"):
-        raise UserError(f"split.mode: unknown mode {cfg.mode!r}; use 'classes', 'groups' or 'partial'")
+        raise UserError(f"split.mode: unknown mode {cfg.mode!r}; use 'classes', 'groups', 'partial' or "
+                        f"'stratified'")
     if catalogue.groups is None:
         raise UserError(f"split.mode={cfg.mode!r} needs groups, but source {catalogue.name!r} has none; "
                         f"set data.group_level (folders) or data.group_column (styles.csv)")
@@ -139,6 +158,8 @@ def make_split(catalogue: Catalogue, cfg: ml_collections.ConfigDict, seed: int) 
     is), leaving at least one group for query. A class of a single content group is unused. Without
     duplicates every group is one image, and the split is the one of a catalogue without content ids.
     """
+    if cfg.mode == "stratified":
+        return stratified_split(catalogue, cfg, seed)
     rng = np.random.default_rng([seed, 1])
     heldout = heldout_classes(catalogue, cfg, rng)
     heldout_ids = catalogue.class_indices(heldout)
@@ -178,6 +199,51 @@ def make_split(catalogue: Catalogue, cfg: ml_collections.ConfigDict, seed: int) 
                         f"nothing to evaluate")
     if len(np.unique(catalogue.labels[split.train])) < 2:
         raise UserError("split: fewer than 2 training classes remain; hold out fewer classes")
+    return split
+
+
+def split_seed(config: ml_collections.ConfigDict) -> int:
+    """`split.seed`, or the run's `seed` when it is -1: seeds that differ only in training (an ensemble's
+    members) keep one split by setting it."""
+    return config.seed if config.split.seed < 0 else config.split.seed
+
+
+def _stratified_counts(n: int, test_fraction: float, validation_fraction: float) -> tuple[int, int]:
+    """(test, validation) images of a class of `n`: at least one test image and one training image when
+    n >= 2; validation only from what is left beyond that."""
+    if n < 2:
+        return 0, 0
+    test = int(np.clip(round(test_fraction * n), 1, n - 1))
+    validation = int(np.clip(round(validation_fraction * n), 0, n - test - 1))
+    return test, validation
+
+
+def stratified_split(catalogue: Catalogue, cfg: ml_collections.ConfigDict, seed: int) -> Split:
+    """Classification: each class's images shuffled by the seed and cut into test (`cfg.test_fraction` of
+    them, at least one), validation (`cfg.validation_fraction`, from classes with images to spare) and
+    train (the rest, at least one). A class of a single image only trains and is listed in
+    `untested_classes`; nothing is dropped."""
+    if catalogue.content_ids is not None:
+        raise UserError("split.mode='stratified' with data.duplicates='keep' could put copies of one image on "
+                        "both sides; use data.duplicates='skip'")
+    if len(catalogue.class_names) < 2:
+        raise UserError(f"split.mode='stratified': the catalogue has {len(catalogue.class_names)} class; a "
+                        f"classifier needs at least 2")
+    rng = np.random.default_rng([seed, 8])
+    train, validation, test, untested = [], [], [], []
+    for c, name in enumerate(catalogue.class_names):
+        members = rng.permutation(np.flatnonzero(catalogue.labels == c))
+        n_test, n_val = _stratified_counts(len(members), cfg.test_fraction, cfg.validation_fraction)
+        if n_test == 0:
+            untested.append(name)
+        test.append(members[:n_test])
+        validation.append(members[n_test:n_test + n_val])
+        train.append(members[n_test + n_val:])
+    empty = np.zeros(0, np.int64)
+    split = Split(train=np.sort(np.concatenate(train)), support=np.sort(np.concatenate(validation)),
+                  query=np.sort(np.concatenate(test)), unused=empty, excluded_duplicates=empty, heldout_classes=(),
+                  untested_classes=tuple(untested))
+    _check_partition(split, len(catalogue))
     return split
 
 

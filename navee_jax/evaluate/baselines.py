@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 from skimage.color import rgb2gray
 from skimage.feature import hog
+from skimage.transform import resize
 
 from navee_jax.data.catalogue import Catalogue
 from navee_jax.data.pipeline import eval_batches
@@ -67,6 +68,19 @@ def hog_features(images: np.ndarray, pixels_per_cell: int | None = None, orienta
         raise ValueError(f"HOG needs images of >= 2 cells ({2 * cell} px) per side; got {gray.shape[1:]}")
     return np.stack([hog(g, orientations=orientations, pixels_per_cell=(cell, cell), cells_per_block=(2, 2),
                          block_norm="L2-Hys", feature_vector=True) for g in gray]).astype(np.float32)
+
+
+# The study's HOG (section 4): photos of 60 x 80 pixels (width x height), gray; 8 orientations, 8-pixel cells,
+# blocks of 2 x 2 cells: 9 x 6 blocks x 4 cells x 8 orientations = the 1,728 values the study names.
+STUDY_HOG_SHAPE = (80, 60)  # rows, columns
+
+
+def study_hog_features(images: np.ndarray) -> np.ndarray:
+    """The study's HOG descriptor (1,728 values) of each image, resized (anti-aliased) to 60 x 80 pixels."""
+    gray = to_gray(images)
+    return np.stack([hog(resize(g, STUDY_HOG_SHAPE, anti_aliasing=True), orientations=8, pixels_per_cell=(8, 8),
+                         cells_per_block=(2, 2), block_norm="L2-Hys", feature_vector=True)
+                     for g in gray]).astype(np.float32)
 
 
 # The baselines launch.py evaluates next to the learned embedding, by the name its report shows.

@@ -27,13 +27,13 @@ MAX_CLASSES = 10  # pca_scatter: tab10 has 10 colours; beyond that classes canno
 CORRECT_COLOUR, WRONG_COLOUR = "#1a9641", "#d7191c"
 
 
-def _figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
     fig = Figure(figsize=(width, height), dpi=DPI)
     FigureCanvasAgg(fig)
     return fig
 
 
-def _save(fig: Figure, path: str) -> str:
+def save_figure(fig: Figure, path: str) -> str:
     fig.savefig(path, dpi=DPI, metadata={"Software": None})
     return path
 
@@ -44,7 +44,8 @@ def _grid_axes(grid: Sequence[Mapping]) -> tuple[list[int], list[int]]:
     return ways, shots
 
 
-def accuracy_heatmap(grid: Sequence[Mapping], path: str, title: str = "") -> str:
+def accuracy_heatmap(grid: Sequence[Mapping], path: str, title: str = "", rows: str = "N (ways)",
+                     columns: str = "K (shots)") -> str:
     """N (rows) x K (columns) heatmap of mean accuracy (cells: module docstring), the numbers and 95% CI
     written in the cells. The colour scale is fixed to [0, 1] so heatmaps of different methods compare
     by eye; skipped cells are grey, hatched and marked "n/a", settings absent from `grid` plain grey."""
@@ -52,7 +53,7 @@ def accuracy_heatmap(grid: Sequence[Mapping], path: str, title: str = "") -> str
         raise ValueError("accuracy_heatmap: empty grid")
     ways, shots = _grid_axes(grid)
     acc = np.full((len(ways), len(shots)), np.nan)
-    fig = _figure(2.2 + 0.95 * len(shots), 1.3 + 0.6 * len(ways))
+    fig = new_figure(2.2 + 0.95 * len(shots), 1.3 + 0.6 * len(ways))
     ax = fig.add_subplot()
     ax.set_facecolor(SKIPPED_FACE)
     for cell in grid:
@@ -72,12 +73,12 @@ def accuracy_heatmap(grid: Sequence[Mapping], path: str, title: str = "") -> str
                     color="white" if cell["mean"] < 0.6 else "black")
     ax.set_xticks(range(len(shots)), [str(k) for k in shots])
     ax.set_yticks(range(len(ways)), [str(n) for n in ways])
-    ax.set_xlabel("K (shots)")
-    ax.set_ylabel("N (ways)")
+    ax.set_xlabel(columns)
+    ax.set_ylabel(rows)
     ax.set_title(title or "N-way K-shot accuracy (1-NN)", fontsize=10)
     fig.colorbar(image, ax=ax, label="accuracy")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def distance_histograms(distances_pos: np.ndarray, distances_neg: np.ndarray, path: str, title: str = "",
@@ -88,7 +89,7 @@ def distance_histograms(distances_pos: np.ndarray, distances_neg: np.ndarray, pa
     if len(pos) + len(neg) == 0:
         raise ValueError("distance_histograms: no distances")
     edges = np.histogram_bin_edges(np.concatenate([pos, neg]), bins=bins)
-    fig = _figure(5.5, 3.5)
+    fig = new_figure(5.5, 3.5)
     ax = fig.add_subplot()
     for d, label, colour in ((pos, "same class", "tab:blue"), (neg, "different class", "tab:orange")):
         if len(d):
@@ -99,7 +100,7 @@ def distance_histograms(distances_pos: np.ndarray, distances_neg: np.ndarray, pa
     ax.set_title(title or "Held-out pair distances", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _pca_2d(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -130,7 +131,7 @@ def pca_scatter(embeddings: np.ndarray, labels: np.ndarray, path: str, num_class
     chosen = np.sort(rng.choice(classes, size=min(num_classes, len(classes)), replace=False))
     mask = np.isin(labels, chosen)
     points, share = _pca_2d(np.asarray(embeddings)[mask])
-    fig = _figure(6.5, 4.5)
+    fig = new_figure(6.5, 4.5)
     ax = fig.add_subplot()
     colours = [to_rgb(f"C{k}") for k in range(MAX_CLASSES)]
     for k, c in enumerate(chosen):
@@ -143,7 +144,7 @@ def pca_scatter(embeddings: np.ndarray, labels: np.ndarray, path: str, num_class
     ax.set_title(title or f"PCA of {len(chosen)} held-out classes", fontsize=10)
     ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8, frameon=False)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def training_curves(history: Sequence[Mapping], path: str, title: str = "") -> str:
@@ -152,7 +153,7 @@ def training_curves(history: Sequence[Mapping], path: str, title: str = "") -> s
     overfits the base classes shows the loss falling while held-out mAP turns down."""
     if not history:
         raise ValueError("training_curves: empty history")
-    fig = _figure(8.0, 3.2)
+    fig = new_figure(8.0, 3.2)
     for n, (key, label) in enumerate((("loss", "training loss"), ("map", "held-out mAP"))):
         ax = fig.add_subplot(1, 2, n + 1)
         points = [(h["epoch"], h[key]) for h in history if h.get(key) is not None and np.isfinite(h[key])]
@@ -169,10 +170,10 @@ def training_curves(history: Sequence[Mapping], path: str, title: str = "") -> s
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _show(ax, image: np.ndarray) -> None:
+def show_image(ax, image: np.ndarray) -> None:
     image = np.asarray(image)
     if image.ndim == 3 and image.shape[-1] == 1:
         ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
@@ -190,14 +191,14 @@ def nearest_neighbours(query_images: np.ndarray, neighbour_images: np.ndarray, d
     query_images (Q, S, S, C) uint8; neighbour_images (Q, k, S, S, C); distances and correct (Q, k).
     """
     q, k = np.asarray(distances).shape
-    fig = _figure(1.15 * (k + 1), 1.25 * q + (0.3 if title else 0.0))
+    fig = new_figure(1.15 * (k + 1), 1.25 * q + (0.3 if title else 0.0))
     axes = fig.subplots(q, k + 1, squeeze=False)
     for r in range(q):
-        _show(axes[r, 0], query_images[r])
+        show_image(axes[r, 0], query_images[r])
         axes[r, 0].set_title("query", fontsize=8)
         for c in range(k):
             ax = axes[r, c + 1]
-            _show(ax, neighbour_images[r, c])
+            show_image(ax, neighbour_images[r, c])
             ax.set_title(f"{distances[r, c]:.3f}", fontsize=8)
             for spine in ax.spines.values():
                 spine.set_color(CORRECT_COLOUR if correct[r, c] else WRONG_COLOUR)
@@ -205,7 +206,7 @@ def nearest_neighbours(query_images: np.ndarray, neighbour_images: np.ndarray, d
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def nearest_neighbour_examples(query_emb: np.ndarray, query_labels: np.ndarray, support_emb: np.ndarray,

@@ -46,7 +46,7 @@ def check_command(command: Command) -> list:
     if command.mode == "evaluate":
         from navee_jax.launcher.evaluate import check_evaluable
 
-        check_evaluable(command.workdir, command.checkpoint)
+        check_evaluable(command.config, command.workdir, command.checkpoint)
     return axes
 
 

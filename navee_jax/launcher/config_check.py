@@ -38,8 +38,8 @@ from navee_jax.method import available_methods, method_of
 # Enumerations that exist only as literals where they are used:
 SOURCES = ("glyphs", "digits", "folder", "styles_csv")  # navee_jax.data.sources.load_catalogue, plus 'tfds:<name>'
 RESIZE_MODES = ("squash", "pad")  # navee_jax.data.pipeline._image_fn
-SPLIT_MODES = ("classes", "groups", "partial")  # navee_jax.data.splits.heldout_classes
-SAMPLER_KINDS = ("pk", "pairs", "triplets", "episodes", "tasks")  # what navee_jax.data.pipeline batches
+SPLIT_MODES = ("classes", "groups", "partial", "stratified")  # navee_jax.data.splits.heldout_classes
+SAMPLER_KINDS = ("pk", "pairs", "triplets", "episodes", "tasks", "shuffled")  # what navee_jax.data.pipeline batches
 
 # The loss keys each objective reads (navee_jax.losses.*, navee_jax.meta.train); a config without one
 # would fail with an AttributeError once the data has loaded. params_lr_multiplier is read with a default.
@@ -51,6 +51,7 @@ LOSS_KEYS = {
     "proxy_anchor": ("alpha", "delta"),
     "verification": (),
     "maml": ("inner_steps", "inner_lr", "eval_inner_steps", "first_order", "learn_inner_lr"),
+    "softmax_cross_entropy": ("label_smoothing",),
 }
 
 
@@ -74,14 +75,15 @@ def integer(lo: int | None = None, hi: int | None = None) -> Rule:
     return Rule(allowed, lambda v: _is_int(v) and (lo is None or lo <= v) and (hi is None or v <= hi))
 
 
-def number(lo: float = -math.inf, hi: float = math.inf, lo_open: bool = False) -> Rule:
+def number(lo: float = -math.inf, hi: float = math.inf, lo_open: bool = False, hi_open: bool = False) -> Rule:
     if math.isinf(lo):
         allowed = "a finite number"
     elif math.isinf(hi):
         allowed = f"a number {'>' if lo_open else '>='} {lo:g}"
     else:
-        allowed = f"a number in {'(' if lo_open else '['}{lo:g}, {hi:g}]"
-    return Rule(allowed, lambda v: _is_number(v) and (lo < v if lo_open else lo <= v) and v <= hi)
+        allowed = f"a number in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+    return Rule(allowed, lambda v: (_is_number(v) and (lo < v if lo_open else lo <= v)
+                                    and (v < hi if hi_open else v <= hi)))
 
 
 def one_of(choices: Any) -> Rule:
@@ -114,6 +116,7 @@ RULES: dict[str, Rule] = {
     "data.group_level": integer(-1),  # -1 = no groups
     "data.label_column": text(),
     "data.group_column": text(),
+    "data.label_levels": tuple_of(text(), example="('subCategory', 'masterCategory')"),
     "data.duplicates": one_of(DUPLICATES),
     "data.tfds_split": text(),
     "data.tfds_label_key": text(),
@@ -135,6 +138,7 @@ RULES: dict[str, Rule] = {
     "data.mean": tuple_of(number(), length=3, example="(0.5, 0.5, 0.5)"),  # per RGB channel
     "data.std": tuple_of(number(0, lo_open=True), length=3, example="(0.25, 0.25, 0.25)"),  # divides the pixels
     "split.mode": one_of(SPLIT_MODES),
+    "split.seed": integer(-1, 2**63 - 1),  # -1 = the run's seed
     # Class names are strings: --config.split.heldout_classes=6 parses as the int 6, which matches no class.
     "split.heldout_classes": tuple_of(text(), example="('6', '7')"),
     "split.num_heldout_classes": integer(0),  # >= 1 where it is used: CROSS
@@ -143,6 +147,8 @@ RULES: dict[str, Rule] = {
     "split.partial_group": text(),
     "split.support_fraction": number(0, 1),  # strictly inside unless split.support_count is set: CROSS
     "split.support_count": integer(0),  # 0 = use support_fraction
+    "split.test_fraction": number(0, 1, lo_open=True, hi_open=True),  # each class keeps a test and a train image
+    "split.validation_fraction": number(0, 1, hi_open=True),  # 0 = no validation part
     "split.min_images_per_class": integer(2),  # make_split treats smaller values as 2: one support + one query
     "model.backbone": one_of(BACKBONES),
     "model.width": integer(1),
@@ -168,6 +174,7 @@ RULES: dict[str, Rule] = {
     "sampler.tasks_per_batch": integer(),  # range: MAML's (CROSS), the one sampler kind that reads it
     "sampler.tuples_per_batch": integer(1),
     "sampler.p_same": number(0, 1),  # a probability
+    "sampler.batch_size": integer(1),
     "optim.lr": number(0, lo_open=True),
     "optim.weight_decay": number(0),
     "optim.decay_every_epochs": integer(1),  # 0 would decay at every step (transition_steps is clamped to 1)
@@ -206,6 +213,7 @@ RULES: dict[str, Rule] = {
     "loss.eval_inner_steps": integer(),
     "loss.first_order": BOOL,
     "loss.learn_inner_lr": BOOL,
+    "loss.label_smoothing": number(0, 1, hi_open=True),  # 1 would train towards the uniform distribution
 }
 
 
@@ -234,7 +242,7 @@ def _has_groups(d: ml_collections.ConfigDict) -> bool:
 
 
 def _group_source(c: ml_collections.ConfigDict) -> str | None:
-    if c.split.mode == "classes" or _has_groups(c.data):
+    if c.split.mode in ("classes", "stratified") or _has_groups(c.data):
         return None
     how = _SOURCE_GROUPS.get(c.data.source.partition(":")[0])
     return (f"needs groups; data.source={c.data.source!r} has them only with {how}" if how else
@@ -319,6 +327,8 @@ CROSS: list[tuple[str, Callable[[ml_collections.ConfigDict], str | None]]] = [
      f"data.source={c.data.source!r} reads its images from data.root: pass --config.data.root=/path/to/images"),
     ("data.label_column", lambda c: None if c.data.label_column or c.data.source != "styles_csv" else
      "data.source='styles_csv' needs the styles.csv column that names the class, e.g. 'articleType'"),
+    ("data.label_levels", lambda c: None if not c.data.label_levels or c.data.source == "styles_csv" else
+     f"coarser styles.csv columns, but data.source={c.data.source!r}: set () or use data.source='styles_csv'"),
     ("data.tfds_split", lambda c: None if c.data.tfds_split or not c.data.source.startswith("tfds:") else
      f"data.source={c.data.source!r} needs a split, e.g. 'train'"),
     ("data.tfds_label_key", lambda c: None if c.data.tfds_label_key or not c.data.source.startswith("tfds:") else

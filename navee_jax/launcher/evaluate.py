@@ -30,12 +30,13 @@ from navee_jax.evaluate.retrieval import retrieval_metrics
 from navee_jax.losses.registry import Distance
 from navee_jax.checkpoints import Checkpoints
 from navee_jax.evaluate.heldout import HeldoutEvaluator
-from navee_jax.launcher.train import Setup, build_setup
+from navee_jax.launcher.train import Setup, build_setup, prepare_data
+from navee_jax.method import method_of
 
 NO_CHECKPOINT = "none"  # --checkpoint=none: no trained network, only the initial one and the baselines
 
 
-def check_evaluable(workdir: str, checkpoint: str) -> int | None:
+def check_evaluable(config: ml_collections.ConfigDict, workdir: str, checkpoint: str) -> int | None:
     """Before anything is built or written: the workdir exists and holds the checkpoint asked for; returns its
     step (None for `checkpoint='none'`: only the network at initialisation and the baselines)."""
     if checkpoint == NO_CHECKPOINT:
@@ -45,7 +46,7 @@ def check_evaluable(workdir: str, checkpoint: str) -> int | None:
         raise UserError(f"--mode=evaluate: --workdir={workdir!r} {what}; train into it first (the same command "
                         f"without --mode=evaluate), or pass --checkpoint={NO_CHECKPOINT} to evaluate only the "
                         f"network at initialisation and the baselines")
-    ckpt = Checkpoints(workdir)
+    ckpt = Checkpoints(workdir, best_metric=method_of(config).selection[0])
     try:
         step = ckpt.resolve_step(checkpoint)
     finally:
@@ -57,9 +58,10 @@ def check_evaluable(workdir: str, checkpoint: str) -> int | None:
     return step
 
 
-def _restore(setup: Setup, workdir: str, checkpoint: str) -> tuple[Any, str] | None:
+def _restore(setup: Setup, config: ml_collections.ConfigDict, workdir: str,
+             checkpoint: str) -> tuple[Any, str] | None:
     """(train state, description) of `checkpoint` in `workdir`, or None for `checkpoint='none'`."""
-    step = check_evaluable(workdir, checkpoint)
+    step = check_evaluable(config, workdir, checkpoint)
     if step is None:
         return None
     ckpt = Checkpoints(workdir)  # read-only: evaluation never deletes a checkpoint
@@ -92,13 +94,20 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, checkpoint: st
     unknown = [b for b in config.eval.baselines if b not in BASELINES]
     if unknown:
         raise UserError(f"eval.baselines: {unknown} unknown; available: {sorted(BASELINES)}")
+    if method_of(config).name == "classifier":  # scored on its own classes: accuracy, not retrieval
+        from navee_jax.classify.report import write_classifier_report
+
+        catalogue, split = prepare_data(config)
+        if checkpoint == NO_CHECKPOINT:
+            raise UserError("--checkpoint=none: a classifier's report needs its trained checkpoint")
+        return write_classifier_report(config, catalogue, split, workdir, checkpoint)
     setup = build_setup(config)
     catalogue, split, trainer = setup.catalogue, setup.split, setup.trainer
     support_labels, query_labels = catalogue.labels[split.support], catalogue.labels[split.query]
     features = HeldoutEvaluator(catalogue, split, config, trainer.embed_fn, setup.mesh)  # embeds; ranks below
 
     networks = {}
-    restored = _restore(setup, workdir, checkpoint)
+    restored = _restore(setup, config, workdir, checkpoint)
     if restored is not None:
         networks["trained embedding"] = (restored[0], restored[1])
     initial = "pretrained network" if config.model.pretrained else "untrained network"

@@ -22,6 +22,7 @@ from typing import Any, Callable
 import ml_collections
 
 from navee_jax.errors import UserError
+from navee_jax.method import method_of
 
 
 def parse_sweep(specs: list[str], config: ml_collections.ConfigDict) -> list[tuple[str, list[Any]]]:
@@ -90,7 +91,9 @@ def setting_name(setting: dict[str, Any]) -> str:
 
 def run_sweep(config: ml_collections.ConfigDict, workdir: str, axes: list[tuple[str, list[Any]]],
               train: Callable[[ml_collections.ConfigDict, str], dict]) -> list[dict]:
-    """Trains every setting with `train(config, sub_workdir)`; writes and prints the table of results."""
+    """Trains every setting with `train(config, sub_workdir)`; writes and prints the table of results, by the
+    metric that picks the method's checkpoints (held-out mAP; a classifier's validation accuracy)."""
+    key, title = method_of(config).selection
     rows = []
     grid = settings(axes)
     for i, setting in enumerate(grid):
@@ -98,10 +101,10 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, axes: list[tuple[
         print(f"sweep {i + 1}/{len(grid)}: {setting} -> {sub}")
         result = train(configure(config, setting), sub)
         best = result["best_epoch"]
-        rows.append({"setting": setting, "workdir": sub, "best_map": best["map"] if best else None,
-                     "best_epoch": best["epoch"] if best else None, "final_map": result["final"]["map"],
-                     "initial_map": result["initial"]["map"]})
-    table = sweep_table(rows)
+        rows.append({"setting": setting, "workdir": sub, f"best_{key}": best[key] if best else None,
+                     "best_epoch": best["epoch"] if best else None, f"final_{key}": result["final"][key],
+                     f"initial_{key}": result["initial"][key]})
+    table = sweep_table(rows, key, title)
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "sweep.md"), "w") as f:
         f.write(table + "\n")
@@ -112,14 +115,16 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, axes: list[tuple[
     return rows
 
 
-def sweep_table(rows: list[dict]) -> str:
-    """A Markdown table: one row per setting, the best held-out mAP first, then its epoch, final, initial."""
+def sweep_table(rows: list[dict], key: str = "map", title: str = "held-out mAP") -> str:
+    """A Markdown table: one row per setting, the best `key` value (named `title`) first, then its epoch, the
+    final and the initial one."""
+    short = {"map": "mAP"}.get(key, key)
     keys = list(rows[0]["setting"]) if rows else []
-    head = "| " + " | ".join(keys + ["best held-out mAP", "at epoch", "final mAP", "initial mAP"]) + " |"
+    head = "| " + " | ".join(keys + [f"best {title}", "at epoch", f"final {short}", f"initial {short}"]) + " |"
     lines = [head, "|" + "---|" * (len(keys) + 4)]
     for r in rows:
-        best = "" if r["best_map"] is None else f"{r['best_map']:.4f}"
+        best = "" if r[f"best_{key}"] is None else f"{r[f'best_{key}']:.4f}"
         cells = [str(r["setting"][k]) for k in keys] + [best, str(r["best_epoch"] or ""),
-                                                         f"{r['final_map']:.4f}", f"{r['initial_map']:.4f}"]
+                                                         f"{r[f'final_{key}']:.4f}", f"{r[f'initial_{key}']:.4f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -18,7 +18,7 @@ from navee_jax.cli import interrupts_deferred, raise_if_interrupted
 from navee_jax.data.catalogue import Catalogue
 from navee_jax.data.rotations import with_rotated_classes
 from navee_jax.data.sources import load_catalogue
-from navee_jax.data.splits import Split, make_split, write_split
+from navee_jax.data.splits import Split, make_split, split_seed, write_split
 from navee_jax.errors import UserError
 from navee_jax.evaluate.evaluator import evaluate_all
 from navee_jax.evaluate.records import FewShotCell
@@ -64,10 +64,17 @@ def prepare_data(config: ml_collections.ConfigDict) -> tuple[Catalogue, Split]:
     catalogue = load_catalogue(config.data)
     for line in catalogue.skip_report():
         print(line)
-    split = make_split(catalogue, config.split, config.seed)
+    split = make_split(catalogue, config.split, split_seed(config))
     rotations = tuple(config.data.rotated_classes)
     catalogue, split = with_rotated_classes(catalogue, split, rotations)
     n_train_classes = len(np.unique(catalogue.labels[split.train]))
+    if config.split.mode == "stratified":
+        untested = split.untested_classes
+        print(f"data: {catalogue.name}: {len(catalogue)} images, {n_train_classes} classes, each divided by the "
+              f"seed: train {len(split.train)} / validation {len(split.validation)} / test {len(split.test)} images" +
+              (f"; {len(untested)} classes of a single image train only, untested: {list(untested[:12])}"
+               f"{' ... (all in splits.json)' if len(untested) > 12 else ''}" if untested else ""))
+        return catalogue, split
     heldout = split.heldout_classes
     named = (heldout if len(heldout) <= 12
              else f"{len(heldout)} classes ({', '.join(heldout[:3])}, ...: all in splits.json)")
@@ -113,6 +120,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains, checkpoints each epoch, evaluates on held-out classes; returns what metrics.json holds."""
     setup = build_setup(config)
     trainer, mesh, split, steps_per_epoch = setup.trainer, setup.mesh, setup.split, setup.steps_per_epoch
+    key, title = method_of(config).selection  # e.g. ("map", "held-out mAP"): what picks the best checkpoint
     catalogue, state = setup.catalogue, trainer.state
     num_epochs = config.train.num_epochs
     total_steps = num_epochs * steps_per_epoch
@@ -121,7 +129,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         return evaluate_all(trainer.evaluators, state, final)
 
     os.makedirs(workdir, exist_ok=True)
-    ckpt = Checkpoints(workdir, config.train.keep_checkpoints)
+    ckpt = Checkpoints(workdir, config.train.keep_checkpoints, best_metric=key)
     writer = None
     try:
         latest, meta, state = _restore_newest_readable(ckpt, state, config, workdir)
@@ -134,7 +142,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         else:
             start_epoch, history = 0, []
             initial = evaluate(state, final=True)
-            print(f"epoch 0/{num_epochs} held-out mAP {initial['map']:.4f} (at initialisation)")
+            print(f"epoch 0/{num_epochs} {title} {initial[key]:.4f} (at initialisation)")
 
         report = IntervalReport(Progress(total_steps, start_epoch * steps_per_epoch), writer, config,
                                 trainer.schedule)
@@ -150,16 +158,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     loss_sum += report(pending, step, epoch + 1, num_epochs) * len(pending)
                     pending = []
             result = evaluate(state, final=epoch + 1 == num_epochs)  # the last epoch's is the final one
-            epoch_map = result["map"]
-            history.append({"epoch": epoch + 1, "step": step, "map": epoch_map, "loss": loss_sum / steps_per_epoch})
+            epoch_value = result[key]
+            history.append({"epoch": epoch + 1, "step": step, key: epoch_value, "loss": loss_sum / steps_per_epoch})
             meta = {"epoch": epoch + 1, "history": history, "initial": initial,
                     "fingerprint": _resume_fingerprint(config)}
             with interrupts_deferred():  # Ctrl-C waits for the checkpoint: it is then on disk, whole
-                ckpt.save(step, state, meta, {"map": epoch_map})
-            writer.write_scalars(step, {"eval/map": epoch_map})
-            best = max(history, key=lambda h: h["map"])
-            print(f"epoch {epoch + 1}/{num_epochs} held-out mAP {epoch_map:.4f} "
-                  f"(best {best['map']:.4f} at epoch {best['epoch']}); checkpoint saved at step {step}")
+                ckpt.save(step, state, meta, {key: epoch_value})
+            writer.write_scalars(step, {f"eval/{k}": v for k, v in result.items() if isinstance(v, (int, float))})
+            best = max(history, key=lambda h: h[key])
+            print(f"epoch {epoch + 1}/{num_epochs} {title} {epoch_value:.4f} "
+                  f"(best {best[key]:.4f} at epoch {best['epoch']}); checkpoint saved at step {step}")
     finally:
         ckpt.close()
         if writer is not None:
@@ -167,10 +175,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     final = result or evaluate(state, final=True)  # a run resumed after its last epoch has no result yet
     results = {"final": final, "initial": initial, "history": history, "steps": total_steps,
-               "best_epoch": max(history, key=lambda h: h["map"]) if history else None}
+               "best_epoch": max(history, key=lambda h: h[key]) if history else None}
     _write_json(os.path.join(workdir, "metrics.json"), results)
-    print(f"final held-out mAP {final['map']:.4f} (at initialisation {initial['map']:.4f}) "
-          f"over {final['queries_scored']} queries")
+    scored = f" over {final['queries_scored']} queries" if "queries_scored" in final else ""
+    print(f"final {title} {final[key]:.4f} (at initialisation {initial[key]:.4f}){scored}")
+    for name, value in final.items():  # e.g. a classifier's test accuracy at each label level
+        if name.startswith(("test_", "train_")):
+            before = initial.get(name, math.nan)
+            print(f"final {name.replace('_', ' ', 1)} {value:.4f} (at initialisation {before:.4f})")
     print_few_shot_lines(final["few_shot"], initial["few_shot"])
     print(f"trained {total_steps - start_epoch * steps_per_epoch} steps in {time.perf_counter() - train_start:.1f}s; "
           f"wrote {os.path.join(workdir, 'metrics.json')}")

@@ -6,6 +6,7 @@ r"""Recognise new articles from the command line.
         [--format=csv|json] [--index=exact|faiss] [--workdir=W]
     python -m navee_jax.recognize embed --workdir=W < paths.txt > embeddings.txt
     python -m navee_jax.recognize export --workdir=W --out=DIR
+    python -m navee_jax.recognize categorize --workdir=W IMAGES... | --images=DIR [--top_k=5] [--format=csv|json]
 
 enroll: references are `DIR/.../<article>/<image>` (the article is the folder's path under DIR); the "unknown"
 threshold is set for the target false-accept rate and stored in the gallery, calibrated on --calibration
@@ -16,7 +17,8 @@ the path, so enrolling the same folder twice adds nothing. Symlinked folders are
 predict: one row per image, to stdout; the model is the gallery's own checkpoint unless --workdir names
 another (which must be the same model). embed: image paths on stdin, one a line; one embedding a line
 (space-separated floats) on stdout in the same order. export: the embedding function as serialised StableHLO
-and as a TensorFlow SavedModel.
+and as a TensorFlow SavedModel. categorize: with a classifier workdir (configs/classifier.py), the top-k
+classes of each image with their probabilities, one row per image.
 
 An unreadable image gives an error row (predict: error set; article, distance and unknown empty) or a line
 of NaNs (embed) and a message on stderr, the others are processed, and the exit status is 1. Bad input
@@ -67,6 +69,13 @@ def _parser() -> argparse.ArgumentParser:
     em = sub.add_parser("embed", help="embeddings of image paths read from stdin")
     em.add_argument("--workdir", required=True)
     em.add_argument("--checkpoint", default=None)
+    ca = sub.add_parser("categorize", help="top-k classes of each image, from a classifier workdir")
+    ca.add_argument("--workdir", required=True, help="a method='classifier' training workdir")
+    ca.add_argument("--checkpoint", default="best")
+    ca.add_argument("--images", default=None, help="a folder: every image file under it")
+    ca.add_argument("--top_k", type=int, default=5)
+    ca.add_argument("--format", choices=FORMATS, default="csv")
+    ca.add_argument("paths", nargs="*", metavar="IMAGES")
     ex = sub.add_parser("export", help="StableHLO + SavedModel of the embedding function")
     ex.add_argument("--workdir", required=True)
     ex.add_argument("--checkpoint", default=None)
@@ -124,16 +133,22 @@ def _enroll(args) -> int:
     return 0
 
 
+def _image_arguments(args) -> list[str]:
+    from navee_jax.errors import UserError
+
+    if bool(args.images) == bool(args.paths):
+        raise UserError(f"{args.command}: give image paths or --images=DIR (one of the two)")
+    if args.top_k < 1:
+        raise UserError(f"--top_k={args.top_k}: must be >= 1")
+    return _folder_images(args.images) if args.images else args.paths
+
+
 def _predict(args) -> int:
     from navee_jax.errors import UserError
     from navee_jax.recognize.api import Recognizer
     from navee_jax.recognize.gallery import Gallery
 
-    if bool(args.images) == bool(args.paths):
-        raise UserError("predict: give image paths or --images=DIR (one of the two)")
-    if args.top_k < 1:
-        raise UserError(f"--top_k={args.top_k}: must be >= 1")
-    paths = _folder_images(args.images) if args.images else args.paths
+    paths = _image_arguments(args)
     gallery = Gallery.load(args.gallery)
     rec = Recognizer.load(args.workdir or gallery.fingerprint["checkpoint"])
     rec.load_gallery(args.gallery)
@@ -157,6 +172,30 @@ def _predict(args) -> int:
             w.writerow([r["image"], r["article"] or "", "" if r["distance"] is None else f"{r['distance']:.6f}",
                         "" if r["unknown"] is None else r["unknown"],  # an error row was not judged
                         "|".join(f"{t['article']}:{t['distance']:.6f}" for t in r["top_k"]), r["error"] or ""])
+    for p in predictions:
+        if p.error:
+            print(f"error: {p.image}: {p.error}", file=sys.stderr)
+    return 1 if any(p.error for p in predictions) else 0
+
+
+def _categorize(args) -> int:
+    from navee_jax.classify.trained import TrainedClassifier
+    from navee_jax.recognize.category import predict_categories
+
+    paths = _image_arguments(args)
+    predictions = predict_categories(TrainedClassifier.load(args.workdir, args.checkpoint), paths, args.top_k)
+    rows = [{"image": p.image, "category": p.top_k[0][0] if p.top_k else None,
+             "probability": p.top_k[0][1] if p.top_k else None,
+             "top_k": [{"category": c, "probability": q} for c, q in p.top_k], "error": p.error} for p in predictions]
+    if args.format == "json":
+        json.dump(rows, sys.stdout, indent=1)
+        print()
+    else:
+        w = csv.writer(sys.stdout, lineterminator="\n")
+        w.writerow(["image", "category", "probability", "top_k", "error"])
+        for r in rows:
+            w.writerow([r["image"], r["category"] or "", "" if r["probability"] is None else f"{r['probability']:.6f}",
+                        "|".join(f"{t['category']}:{t['probability']:.6f}" for t in r["top_k"]), r["error"] or ""])
     for p in predictions:
         if p.error:
             print(f"error: {p.image}: {p.error}", file=sys.stderr)
@@ -195,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.set_verbosity(logging.WARNING)  # orbax is chatty at INFO
     try:
-        return {"enroll": _enroll, "predict": _predict, "embed": _embed, "export": _export}[args.command](args)
+        return {"enroll": _enroll, "predict": _predict, "embed": _embed, "export": _export,
+                "categorize": _categorize}[args.command](args)
     except UserError as e:
         fail(str(e))
 

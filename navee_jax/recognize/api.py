@@ -17,9 +17,8 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import hashlib
-import json
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import ml_collections
@@ -34,10 +33,10 @@ from navee_jax.errors import UserError
 from navee_jax.embed import ShiftViews, embed_in_batches, image_normalizer, make_embed_fn
 from navee_jax.models import build_model
 from navee_jax.recognize.gallery import Gallery
-from navee_jax.checkpoints import Checkpoints
+from navee_jax.checkpoints import load_weights_into, restore_arrays, unwrap_arrays
 from navee_jax.sharding import check_divisible, make_mesh
 from navee_jax.method import method_of
-from navee_jax.recorded_config import complete
+from navee_jax.recorded_config import read_config
 from navee_jax.train_state import TrainState
 
 # The data config keys that decide what the network sees: a gallery made with other values is refused.
@@ -71,35 +70,6 @@ def _split_workdir(path: str) -> tuple[str, str]:
     return path, "best"
 
 
-def _unwrap(tree: Any) -> Any:
-    """Orbax's target-free restore keeps NNX's {'value': array} leaves; these are the arrays."""
-    if isinstance(tree, dict):
-        if set(tree) == {"value"} and not isinstance(tree["value"], dict):
-            return tree["value"]
-        return {k: _unwrap(v) for k, v in tree.items()}
-    return tree
-
-
-def _weights_into(model: nnx.Module, restored: dict[str, Any], where: str) -> None:
-    """Copies every variable of `model` from the restored checkpoint arrays (params + model_state)."""
-    saved = {}
-    for part in ("params", "model_state"):
-        for path, leaf in jax.tree_util.tree_flatten_with_path(_unwrap(restored.get(part, {})))[0]:
-            saved[tuple(str(getattr(p, "key", p)) for p in path)] = leaf
-    state = nnx.state(model)
-    flat, treedef = jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(state))
-    leaves = []
-    for path, like in flat:
-        key = tuple(str(getattr(p, "key", p)) for p in path)
-        if key not in saved or np.shape(saved[key]) != np.shape(like):
-            got = np.shape(saved[key]) if key in saved else "missing"
-            raise UserError(f"checkpoint {where} does not fit its config.json: {'/'.join(key)} is {got}, the model "
-                            f"needs {np.shape(like)}")
-        leaves.append(np.asarray(saved[key], like.dtype))
-    nnx.replace_by_pure_dict(state, jax.tree_util.tree_unflatten(treedef, leaves))
-    nnx.update(model, state)
-
-
 def _tree_sha256(tree: Any) -> str:
     """SHA-256 of a tree of arrays: its paths and bytes, in path order."""
     h = hashlib.sha256()
@@ -125,7 +95,7 @@ def _as_pixels(array: np.ndarray) -> np.ndarray:
     return array[..., None] if array.ndim == 2 else array
 
 
-def _image_list(images: Any) -> list:
+def image_list(images: Any) -> list:
     if isinstance(images, np.ndarray) and images.ndim == 4:
         return list(images)
     if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
@@ -136,6 +106,45 @@ def _image_list(images: Any) -> list:
 def describe(image: ImageInput, i: int) -> str:
     """How an input image is named in outputs: its path, or its position."""
     return os.fspath(image) if isinstance(image, (str, os.PathLike)) else f"image[{i}]"
+
+
+def map_images(images: Any, run: Callable[[Catalogue], np.ndarray], dim: int) -> tuple[np.ndarray, dict[int, str]]:
+    """(`run` of every image (n, dim), {position: why} for images that could not be read; their rows are NaN).
+    Images are paths, PIL images or arrays; `run` gets them as catalogues, each row through the evaluation input
+    pipeline, and returns one row per catalogue image."""
+    items = image_list(images)
+    errors: dict[int, str] = {}
+    files: list[tuple[int, str, bool]] = []
+    pixels: dict[tuple[int, ...], list[tuple[int, np.ndarray]]] = {}
+    on_disk = [i for i, x in enumerate(items) if isinstance(x, (str, os.PathLike))]
+    # Every file is fully decoded once up front (as the catalogue does), so tf.data never meets a bad one.
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        inspected = pool.map(inspect_image, [os.fspath(items[i]) for i in on_disk])
+    for i, (why, _, transparent) in zip(on_disk, inspected):
+        if why:
+            errors[i] = why
+        else:
+            files.append((i, os.fspath(items[i]), transparent))
+    for i, item in enumerate(items):
+        if isinstance(item, (str, os.PathLike)):
+            continue
+        try:
+            array = _as_rgb(item) if isinstance(item, Image.Image) else _as_pixels(np.asarray(item))
+            pixels.setdefault(array.shape, []).append((i, array))
+        except (ValueError, OSError) as e:
+            errors[i] = str(e)
+    out = np.full((len(items), dim), np.nan, np.float32)
+    groups: list[tuple[list[int], Catalogue]] = []
+    if files:
+        groups.append(([i for i, _, _ in files], Catalogue(
+            "images", np.zeros(len(files), np.int64), ("",), paths=tuple(p for _, p, _ in files),
+            transparent=tuple(t for _, _, t in files))))
+    for same_shape in pixels.values():  # one table per image shape: tf.data gathers from a dense array
+        groups.append(([i for i, _ in same_shape], Catalogue(
+            "arrays", np.zeros(len(same_shape), np.int64), ("",), pixels=np.stack([a for _, a in same_shape]))))
+    for positions, catalogue in groups:
+        out[positions] = run(catalogue)
+    return out, errors
 
 
 class Recognizer:
@@ -179,30 +188,17 @@ class Recognizer:
         `<workdir>/checkpoints/<step>` folder."""
         workdir, default = _split_workdir(path)
         checkpoint = checkpoint or default
-        config_path = os.path.join(workdir, "config.json")
-        if not os.path.isfile(config_path):
-            raise UserError(f"{path!r} is not a training workdir: {config_path} not found")
-        with open(config_path) as f:
-            config = ml_collections.ConfigDict(complete(json.load(f)))
+        config = read_config(workdir, path)
         problem = method_of(config).recognition_problem(config)
         if problem:
             raise UserError(f"workdir {workdir!r} cannot serve recognition: {problem}")
-        if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-            raise UserError(f"workdir {workdir!r} has no checkpoints/ (train it first)")
-        ckpt = Checkpoints(workdir)  # read-only: loading never deletes a checkpoint
-        try:
-            step = ckpt.resolve_step(checkpoint)
-            if step is None:
-                raise UserError(f"workdir {workdir!r} has no saved checkpoint")
-            restored = ckpt.restore_arrays(step)
-        finally:
-            ckpt.close()
+        step, restored = restore_arrays(workdir, checkpoint)
         model_cfg = ml_collections.ConfigDict(config.model.to_dict())
         model_cfg.pretrained = ""  # the checkpoint holds every weight; the original file may be elsewhere
         model = build_model(model_cfg, nnx.Rngs(config.seed), config.data.image_size)
-        _weights_into(model, restored, f"{workdir}/checkpoints/{step}")
+        load_weights_into(model, restored, f"{workdir}/checkpoints/{step}")
         return cls(config, model, os.path.join(workdir, "checkpoints", str(step)), batch_size,
-                   _unwrap(restored.get("loss_params", {})))
+                   unwrap_arrays(restored.get("loss_params", {})))
 
     # -- embeddings -------------------------------------------------------------------------------------
 
@@ -217,43 +213,11 @@ class Recognizer:
 
     def embed_or_errors(self, images: Any) -> tuple[np.ndarray, dict[int, str]]:
         """(embeddings (n, D), {position: why} for images that could not be read; their rows are NaN)."""
-        items = _image_list(images)
-        errors: dict[int, str] = {}
-        files: list[tuple[int, str, bool]] = []
-        pixels: dict[tuple[int, ...], list[tuple[int, np.ndarray]]] = {}
-        on_disk = [i for i, x in enumerate(items) if isinstance(x, (str, os.PathLike))]
-        # Every file is fully decoded once up front (as the catalogue does), so tf.data never meets a bad one.
-        with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            inspected = pool.map(inspect_image, [os.fspath(items[i]) for i in on_disk])
-        for i, (why, _, transparent) in zip(on_disk, inspected):
-            if why:
-                errors[i] = why
-            else:
-                files.append((i, os.fspath(items[i]), transparent))
-        for i, item in enumerate(items):
-            if isinstance(item, (str, os.PathLike)):
-                continue
-            try:
-                array = _as_rgb(item) if isinstance(item, Image.Image) else _as_pixels(np.asarray(item))
-                pixels.setdefault(array.shape, []).append((i, array))
-            except (ValueError, OSError) as e:
-                errors[i] = str(e)
-        out = np.full((len(items), self.dim), np.nan, np.float32)
-        groups: list[tuple[list[int], Catalogue]] = []
-        if files:
-            groups.append(([i for i, _, _ in files], Catalogue(
-                "images", np.zeros(len(files), np.int64), ("",), paths=tuple(p for _, p, _ in files),
-                transparent=tuple(t for _, _, t in files))))
-        for same_shape in pixels.values():  # one table per image shape: tf.data gathers from a dense array
-            groups.append(([i for i, _ in same_shape], Catalogue(
-                "arrays", np.zeros(len(same_shape), np.int64), ("",), pixels=np.stack([a for _, a in same_shape]))))
-        for positions, catalogue in groups:
-            out[positions] = self._embed_catalogue(catalogue)
-        return out, errors
+        return map_images(images, self._embed_catalogue, self.dim)
 
     def embed(self, images: Any) -> np.ndarray:
         """(n, D) embeddings; an unreadable image is an error naming it (`embed_or_errors` keeps going)."""
-        items = _image_list(images)
+        items = image_list(images)
         out, errors = self.embed_or_errors(items)
         if errors:
             i = min(errors)
@@ -266,7 +230,7 @@ class Recognizer:
     def enroll(self, images: Any, labels: Sequence[str]) -> None:
         """Adds reference images of (new or enrolled) articles to the gallery, all of them (`enroll_folder`
         skips images already enrolled)."""
-        items = _image_list(images)
+        items = image_list(images)
         if len(items) != len(labels):
             raise UserError(f"enroll: {len(labels)} labels for {len(items)} images")
         self.gallery.add(self.embed(items), labels, [describe(x, i) for i, x in enumerate(items)])
@@ -332,7 +296,7 @@ class Recognizer:
 
     def predict(self, images: Any, k: int = 5, mode: str = "nn", index: str = "exact") -> list[Prediction]:
         """One Prediction per image, in order; an unreadable image gets one with `error` set."""
-        items = _image_list(images)
+        items = image_list(images)
         emb, errors = self.embed_or_errors(items)
         names = [describe(x, i) for i, x in enumerate(items)]
         ok = [i for i in range(len(items)) if i not in errors]

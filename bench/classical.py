@@ -1,0 +1,172 @@
+r"""The study's classical route on the shared fashion photos (its tables 1-3): a CNN classifier trained from
+scratch with three seeds, HOG / raw-pixel / CNN features with kNN and an MLP, and voting ensembles, all on one
+stratified split (70 / 10 / 20 train / validation / test per class, split seed 0), each scored at articleType
+and read at subCategory and masterCategory (docs/classical.md).
+
+    python bench/classical.py [--root=runs/classical] [--seeds=0,1,2] [--only-report]
+
+Trains the members it lacks (`configs/classifier.py:fashion` with `--config.seed=<s> --config.split.seed=0`,
+plus the overrides in CNN_OVERRIDES; a finished workdir is reused), then writes `<root>/table.md`. The kNN's k is
+chosen on the validation part, and the MLP's epoch (the study's 1,728-256-150-classes shape) too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from configs.classifier import FASHION  # noqa: E402
+
+# Changes to configs/classifier.py:fashion for the table's CNN members (the CPU budget in docs/classical.md).
+CNN_OVERRIDES: list[str] = []
+LEVELS = ("articleType", "subCategory", "masterCategory")
+
+
+def train_member(root: str, seed: int) -> str:
+    workdir = os.path.join(root, f"cnn_seed{seed}")
+    metrics = os.path.join(workdir, "metrics.json")
+    if os.path.exists(metrics) and "final" in json.load(open(metrics)):
+        return workdir
+    command = [sys.executable, os.path.join(REPO, "launch.py"), "--config=configs/classifier.py:fashion",
+               f"--workdir={workdir}", f"--config.seed={seed}", "--config.split.seed=0", *CNN_OVERRIDES]
+    print("$", " ".join(command[1:]), flush=True)
+    start = time.perf_counter()
+    if subprocess.run(command, cwd=REPO).returncode != 0:
+        sys.exit(f"failed: {' '.join(command[1:])}")
+    with open(os.path.join(workdir, "train_seconds.json"), "w") as f:
+        json.dump({"seconds": time.perf_counter() - start}, f)
+    return workdir
+
+
+class Scorer:
+    """Accuracy of class predictions at articleType and read at each coarser level."""
+
+    def __init__(self, catalogue, split):
+        from navee_jax.classify.evaluator import parent_of_class
+
+        self.catalogue, self.split = catalogue, split
+        n = len(catalogue.class_names)
+        self.parents = {lvl: parent_of_class(catalogue.labels[split.train],
+                                             np.asarray(catalogue.levels[lvl])[split.train], n)
+                        for lvl in LEVELS[1:]}
+
+    def __call__(self, predicted: np.ndarray, indices: np.ndarray) -> list[float]:
+        from navee_jax.classify.evaluator import level_accuracy
+
+        out = [float(np.mean(predicted == self.catalogue.labels[indices]))]
+        for lvl in LEVELS[1:]:
+            out.append(level_accuracy(predicted, np.asarray(self.catalogue.levels[lvl], dtype=object)[indices],
+                                      self.parents[lvl]))
+        return out
+
+
+def feature_sets(catalogue, split, config, cnn) -> dict[str, tuple[np.ndarray, ...]]:
+    """(train, validation, test) features of each extractor."""
+    import ml_collections
+
+    from navee_jax.evaluate.baselines import features_for, hog_features, raw_pixel_features, study_hog_features
+
+    def at(size: int, extractor) -> tuple[np.ndarray, ...]:
+        data = ml_collections.ConfigDict(config.data.to_dict())
+        data.image_size = size
+        return tuple(features_for(part, catalogue, data, extractor, 256)
+                     for part in (split.train, split.validation, split.test))
+
+    return {
+        "HOG, the study's (60x80 gray, 8 orientations, 8-px cells: 1,728 values)": at(224, study_hog_features),
+        f"HOG, the project's ({config.data.image_size}x{config.data.image_size} gray, 8x8 cells: 1,764 values)":
+            at(config.data.image_size, hog_features),
+        "raw pixels (32x32 gray)": at(32, lambda im: raw_pixel_features(im, grayscale=True)),
+        "CNN features (seed 0's backbone, before its class head)":
+            tuple(cnn.features(catalogue, part) for part in (split.train, split.validation, split.test)),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--root", default=os.path.join(REPO, "runs", "classical"))
+    p.add_argument("--seeds", default="0,1,2")
+    a = p.parse_args()
+    if not os.path.isdir(FASHION):
+        sys.exit(f"skipped: {FASHION} is absent (the shared fashion photos, ../shared/data)")
+    from navee_jax.classify.trained import TrainedClassifier
+    from navee_jax.evaluate.feature_classifiers import choose_k, knn_proba, mlp_fit_predict_proba, standardize
+    from navee_jax.evaluate.voting import hard_vote, soft_vote_predict
+    from navee_jax.launcher.train import prepare_data
+    from navee_jax.recorded_config import read_config
+
+    seeds = [int(s) for s in a.seeds.split(",")]
+    workdirs = [train_member(a.root, s) for s in seeds]
+    config = read_config(workdirs[0])
+    config.data.label_levels = LEVELS[1:]
+    catalogue, split = prepare_data(config)
+    score = Scorer(catalogue, split)
+    labels = catalogue.labels
+    n_classes = len(catalogue.class_names)
+    rows, test_probs = [], {}
+
+    def add(name: str, train_pred: np.ndarray, test_pred: np.ndarray, minutes: str = "") -> None:
+        rows.append((name, score(train_pred, split.train), score(test_pred, split.test), minutes))
+        print(f"{name}: test {rows[-1][2]}", flush=True)
+
+    members = [TrainedClassifier.load(w) for w in workdirs]
+    for seed, w, cnn in zip(seeds, workdirs, members):
+        test_probs[f"CNN seed {seed}"] = cnn.probabilities(catalogue, split.test)
+        seconds = json.load(open(os.path.join(w, "train_seconds.json")))["seconds"] \
+            if os.path.exists(os.path.join(w, "train_seconds.json")) else None
+        add(f"CNN ({config.model.backbone}, from scratch), seed {seed}",
+            cnn.probabilities(catalogue, split.train).argmax(1), test_probs[f"CNN seed {seed}"].argmax(1),
+            f"{seconds / 60:.0f} min" if seconds else "")
+    ytr, yva = labels[split.train], labels[split.validation]
+    for name, (tr, va, te) in feature_sets(catalogue, split, config, members[0]).items():
+        tr, va, te = standardize(tr, va, te)
+        k, _ = choose_k(tr, ytr, va, yva, n_classes)
+        test_probs[f"{name} + kNN"] = knn_proba(tr, ytr, te, k, n_classes)
+        add(f"{name} + kNN (k={k} by validation; train images are their own neighbours)",
+            knn_proba(tr, ytr, tr, k, n_classes).argmax(1), test_probs[f"{name} + kNN"].argmax(1))
+        mlp = mlp_fit_predict_proba(tr, ytr, [tr, te], n_classes, seed=0, val=(va, yva))
+        test_probs[f"{name} + MLP"] = mlp.probas[1]
+        add(f"{name} + MLP ({tr.shape[1]}-256-150-{n_classes}, epoch {mlp.epochs} by validation)",
+            mlp.probas[0].argmax(1), mlp.probas[1].argmax(1))
+    cnn_names = [f"CNN seed {s}" for s in seeds]
+    hog = next(n for n in test_probs if n.startswith("HOG, the study's") and n.endswith("MLP"))
+    hog_knn = hog[:-len("MLP")] + "kNN"
+    ensembles = {f"soft vote of the {len(seeds)} CNN seeds": ("soft", cnn_names),
+                 f"hard vote of the {len(seeds)} CNN seeds": ("hard", cnn_names),
+                 "soft vote of CNN seed 0 + study HOG MLP + study HOG kNN": ("soft", [cnn_names[0], hog, hog_knn]),
+                 "hard vote of CNN seed 0 + study HOG MLP + study HOG kNN": ("hard", [cnn_names[0], hog, hog_knn])}
+    ensemble_rows = []
+    for name, (how, parts) in ensembles.items():
+        probs = [test_probs[m] for m in parts]
+        pred = soft_vote_predict(probs) if how == "soft" else hard_vote([q.argmax(1) for q in probs], n_classes)
+        ensemble_rows.append((name, score(pred, split.test)))
+        print(f"{name}: test {ensemble_rows[-1][1]}", flush=True)
+    write_table(a.root, rows, ensemble_rows, split)
+
+
+def write_table(root: str, rows, ensemble_rows, split) -> None:
+    head = " | ".join(f"test {lvl}" for lvl in LEVELS)
+    lines = [f"Test: {len(split.test)} images; train: {len(split.train)}; validation: {len(split.validation)}.", "",
+             f"| method | {head} | " + " | ".join(f"train {lvl}" for lvl in LEVELS) + " | training time |",
+             "|---|" + "---|" * (2 * len(LEVELS) + 1)]
+    for name, train, test, minutes in rows:
+        lines.append(f"| {name} | " + " | ".join(f"{100 * x:.1f}" for x in test + train) + f" | {minutes} |")
+    lines += ["", f"| ensemble | {head} |", "|---|" + "---|" * len(LEVELS)]
+    for name, test in ensemble_rows:
+        lines.append(f"| {name} | " + " | ".join(f"{100 * x:.1f}" for x in test) + " |")
+    with open(os.path.join(root, "table.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""The classifier as a method of the one trainer: backbone -> linear head with one logit per class of
+`data.label_column` (the embedding head of navee_jax.models, sized to the classes, not normalised), softmax
+cross-entropy on shuffled batches, accuracy on the stratified split's validation and test parts."""
+
+from __future__ import annotations
+
+import jax
+import ml_collections
+from flax import nnx
+
+from navee_jax.backend import cpu_tuned
+from navee_jax.classify.evaluator import ClassificationEvaluator
+from navee_jax.data.catalogue import Catalogue
+from navee_jax.data.pipeline import shuffled_batches
+from navee_jax.data.splits import Split
+from navee_jax.embed import image_normalizer, make_embed_fn
+from navee_jax.errors import UserError
+from navee_jax.losses.cross_entropy import classification_loss
+from navee_jax.method import Method, Trainer, register_method
+from navee_jax.models import build_model
+from navee_jax.models.embedding import EmbeddingNet
+from navee_jax.sharding import check_divisible, replicated
+from navee_jax.train.step import init_train_state, make_train_step
+from navee_jax.train_state import make_optimizer, make_schedule
+
+LOSS_NAME = "softmax_cross_entropy"
+
+
+def build_classifier(config: ml_collections.ConfigDict, num_classes: int, rngs: nnx.Rngs,
+                     tuned_for_cpu: bool = False) -> EmbeddingNet:
+    """`config.model`'s backbone (and pretrained weights) with a linear head of `num_classes` logits."""
+    model_cfg = ml_collections.ConfigDict(config.model.to_dict())
+    model_cfg.embed_dim, model_cfg.normalize = num_classes, False
+    return build_model(model_cfg, rngs, config.data.image_size, cpu_tuned=tuned_for_cpu)
+
+
+class Classifier(Method):
+    name = "classifier"
+    selection = ("accuracy", "validation accuracy")
+
+    def check_config(self, config: ml_collections.ConfigDict) -> None:
+        if config.loss.name != LOSS_NAME:
+            raise UserError(f"loss.name={config.loss.name!r}: method='classifier' trains {LOSS_NAME!r}")
+        if config.split.mode != "stratified":
+            raise UserError(f"split.mode={config.split.mode!r}: method='classifier' is scored on the images of "
+                            f"its own classes; use split.mode='stratified'")
+        if config.model.head_batchnorm or config.model.tta_shift_px:
+            raise UserError("model.head_batchnorm / model.tta_shift_px: the classifier's head is one linear "
+                            "layer; set them to False / 0")
+
+    def sampler_kinds(self, config: ml_collections.ConfigDict) -> tuple[str, ...]:
+        return ("shuffled",)
+
+    def images_per_step(self, config: ml_collections.ConfigDict) -> int:
+        return config.sampler.batch_size
+
+    def recognition_problem(self, config: ml_collections.ConfigDict) -> str | None:
+        return ("it holds a classifier, whose outputs are its training classes' logits, not an embedding of new "
+                "articles; recognition needs an embedding model (config.method=metric_learning)")
+
+    def build(self, config: ml_collections.ConfigDict, catalogue: Catalogue, split: Split, mesh: jax.sharding.Mesh,
+              steps_per_epoch: int) -> Trainer:
+        check_divisible(config.sampler.batch_size, mesh, "sampler.batch_size")
+        schedule = make_schedule(config.optim, steps_per_epoch)
+        tx = make_optimizer(config, schedule)
+        prepare = image_normalizer(config.data, config.model.in_channels)
+        model = build_classifier(config, len(catalogue.class_names), nnx.Rngs(config.seed), cpu_tuned(mesh))
+        frozen = tuple(config.model.frozen_stages)
+        graphdef, eval_graphdef, state = init_train_state(model, tx, config.model.frozen_batchnorm, frozen)
+        logits_fn = make_embed_fn(eval_graphdef, mesh, prepare)
+        process = (jax.process_index(), jax.process_count())
+        return Trainer(
+            state=jax.device_put(state, replicated(mesh)),
+            train_step=make_train_step(graphdef, tx, classification_loss(config.loss.label_smoothing), mesh,
+                                       prepare, frozen),
+            batches=lambda epoch, n: shuffled_batches(catalogue, split.train, config, epoch, n, *process),
+            replicated_keys=(), schedule=schedule, embed_fn=logits_fn,
+            evaluators=(ClassificationEvaluator(catalogue, split, config, logits_fn, mesh),))
+
+
+register_method(Classifier())
