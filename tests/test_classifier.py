@@ -149,6 +149,7 @@ def test_label_levels_are_each_images_own_coarser_labels_and_a_bad_column_lists_
     ("--config.split.mode=classes", "use split.mode='stratified'"),
     ("--config.sampler.kind=pk", "method='classifier' trains on ['shuffled']"),
     ("--config.data.label_levels=('masterCategory',)", "data.label_levels"),
+    ("--config.data.rotated_classes=(90,)", "split.mode='stratified' cannot score"),
 ])
 def test_bad_classifier_settings_are_one_line(override, message):
     from configs import classifier
@@ -165,25 +166,10 @@ def test_bad_classifier_settings_are_one_line(override, message):
 
 
 @pytest.mark.slow
-def test_a_short_classifier_run_learns_the_glyphs_and_reports_each_level(tmp_path):
-    workdir = tmp_path / "run"
-    r = run_launch(["--config=configs/classifier.py", f"--workdir={workdir}", "--config.model.backbone=conv4",
-                    "--config.data.image_size=28", "--config.train.num_epochs=2", "--config.train.steps_per_epoch=25"])
-    assert r.returncode == 0, r.stderr[-3000:]
-    metrics = json.loads((workdir / "metrics.json").read_text())
-    final, initial = metrics["final"], metrics["initial"]
-    # 130 letters: chance is 0.008; 50 steps of cross-entropy must be far above it on test images
-    assert final["test_accuracy"] > initial["test_accuracy"] + 0.15
-    assert metrics["best_epoch"]["accuracy"] == max(h["accuracy"] for h in metrics["history"])
-    assert "final test accuracy" in r.stdout and "final train accuracy" in r.stdout
-    splits = json.loads((workdir / "splits.json").read_text())
-    assert not set(splits["train"]) & set(splits["query"])  # no image on two sides
-
-
-@pytest.mark.slow
-def test_categorize_reads_the_workdir_back_and_agrees_with_the_training_evaluator(tmp_path):
-    """A classifier workdir's latest checkpoint, read back for new photos (the recognizer's path: arrays, and
-    PNG files through the CLI), scores exactly the test accuracy its evaluator recorded at the end."""
+def test_a_short_classifier_run_learns_and_its_workdir_reads_back_as_its_evaluator_scored_it(tmp_path):
+    """A short run learns the glyphs; its latest checkpoint, read back for new photos (the recognizer's path:
+    arrays, and PNG files through the CLI) and by --mode=evaluate, scores exactly the test accuracy its
+    evaluator recorded at the end."""
     from PIL import Image
 
     from navee_jax.classify.trained import TrainedClassifier
@@ -191,10 +177,16 @@ def test_categorize_reads_the_workdir_back_and_agrees_with_the_training_evaluato
     from navee_jax.recognize.category import predict_categories
 
     workdir = tmp_path / "run"
-    r = run_launch(["--config=configs/classifier.py", f"--workdir={workdir}", "--config.model.backbone=conv4",
-                    "--config.data.image_size=28", "--config.train.num_epochs=1", "--config.train.steps_per_epoch=20"])
+    run = ["--config=configs/classifier.py", f"--workdir={workdir}", "--config.model.backbone=conv4",
+           "--config.data.image_size=28", "--config.train.num_epochs=2", "--config.train.steps_per_epoch=25"]
+    r = run_launch(run)
     assert r.returncode == 0, r.stderr[-3000:]
     metrics = json.loads((workdir / "metrics.json").read_text())
+    final, initial = metrics["final"], metrics["initial"]
+    # 130 letters: chance is 0.008; 50 steps of cross-entropy must be far above it on test images
+    assert final["test_accuracy"] > initial["test_accuracy"] + 0.15
+    assert metrics["best_epoch"]["accuracy"] == max(h["accuracy"] for h in metrics["history"])
+    assert "final test accuracy" in r.stdout and "final train accuracy" in r.stdout
     classifier = TrainedClassifier.load(str(workdir), "latest")
     catalogue = load_catalogue(classifier.config.data)
     test = [int(ref.split("[")[1][:-1]) for ref in json.loads((workdir / "splits.json").read_text())["query"]]
@@ -219,9 +211,7 @@ def test_categorize_reads_the_workdir_back_and_agrees_with_the_training_evaluato
     assert rows[3]["error"] and rows[3]["category"] is None
 
     # --mode=evaluate writes the report of the same checkpoint: the same test accuracy, class by class
-    r = run_launch(["--config=configs/classifier.py", f"--workdir={workdir}", "--config.model.backbone=conv4",
-                    "--config.data.image_size=28", "--config.train.num_epochs=1", "--config.train.steps_per_epoch=20",
-                    "--mode=evaluate", "--checkpoint=latest"])
+    r = run_launch([*run, "--mode=evaluate", "--checkpoint=latest"])
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads((workdir / "report" / "report.json").read_text())
     assert report["accuracy"]["test"]["class"] == pytest.approx(metrics["final"]["test_accuracy"], abs=1e-9)

@@ -327,6 +327,8 @@ CROSS: list[tuple[str, Callable[[ml_collections.ConfigDict], str | None]]] = [
      f"data.source={c.data.source!r} reads its images from data.root: pass --config.data.root=/path/to/images"),
     ("data.label_column", lambda c: None if c.data.label_column or c.data.source != "styles_csv" else
      "data.source='styles_csv' needs the styles.csv column that names the class, e.g. 'articleType'"),
+    ("data.rotated_classes", lambda c: None if not c.data.rotated_classes or c.split.mode != "stratified" else
+     "makes new training classes with no test images, which split.mode='stratified' cannot score; set ()"),
     ("data.label_levels", lambda c: None if not c.data.label_levels or c.data.source == "styles_csv" else
      f"coarser styles.csv columns, but data.source={c.data.source!r}: set () or use data.source='styles_csv'"),
     ("data.tfds_split", lambda c: None if c.data.tfds_split or not c.data.source.startswith("tfds:") else
