@@ -48,28 +48,6 @@ def train_member(root: str, seed: int) -> str:
     return workdir
 
 
-class Scorer:
-    """Accuracy of class predictions at articleType and read at each coarser level."""
-
-    def __init__(self, catalogue, split):
-        from navee_jax.classify.evaluator import parent_of_class
-
-        self.catalogue, self.split = catalogue, split
-        n = len(catalogue.class_names)
-        self.parents = {lvl: parent_of_class(catalogue.labels[split.train],
-                                             np.asarray(catalogue.levels[lvl])[split.train], n)
-                        for lvl in LEVELS[1:]}
-
-    def __call__(self, predicted: np.ndarray, indices: np.ndarray) -> list[float]:
-        from navee_jax.classify.evaluator import level_accuracy
-
-        out = [float(np.mean(predicted == self.catalogue.labels[indices]))]
-        for lvl in LEVELS[1:]:
-            out.append(level_accuracy(predicted, np.asarray(self.catalogue.levels[lvl], dtype=object)[indices],
-                                      self.parents[lvl]))
-        return out
-
-
 def feature_sets(catalogue, split, config, cnn) -> dict[str, tuple[np.ndarray, ...]]:
     """(train, validation, test) features of each extractor."""
     import ml_collections
@@ -99,6 +77,7 @@ def main() -> None:
     a = p.parse_args()
     if not os.path.isdir(FASHION):
         sys.exit(f"skipped: {FASHION} is absent (the shared fashion photos, ../shared/data)")
+    from navee_jax.classify.evaluator import LevelScorer
     from navee_jax.classify.trained import TrainedClassifier
     from navee_jax.evaluate.feature_classifiers import choose_k, knn_proba, mlp_fit_predict_proba, standardize
     from navee_jax.evaluate.voting import hard_vote, soft_vote_predict
@@ -108,9 +87,12 @@ def main() -> None:
     seeds = [int(s) for s in a.seeds.split(",")]
     workdirs = [train_member(a.root, s) for s in seeds]
     config = read_config(workdirs[0])
-    config.data.label_levels = LEVELS[1:]
     catalogue, split = prepare_data(config)
-    score = Scorer(catalogue, split)
+    scorer = LevelScorer(catalogue, split.train)
+
+    def score(predicted: np.ndarray, indices: np.ndarray) -> list[float]:
+        return list(scorer(predicted, indices).values())  # the label column first, then LEVELS[1:]
+
     labels = catalogue.labels
     n_classes = len(catalogue.class_names)
     rows, test_probs = [], {}

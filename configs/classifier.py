@@ -32,7 +32,6 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.loss.name = "softmax_cross_entropy"
     c.loss.label_smoothing = 0.0
     c.split.mode = "stratified"
-    c.split.heldout_classes = ()
     c.sampler.kind = "shuffled"
     c.sampler.batch_size = 64
     c.optim.lr = 1e-3

@@ -62,7 +62,7 @@ def truncated_forward(model: nnx.Module, removed: int) -> Forward:
         b = m.backbone
         for layer in list(b.features)[:keep_features]:
             x = layer(x)
-        if keep_classifier < 0 or (keep_classifier == 0 and keep_features < len(b.features)):
+        if keep_classifier < 0:  # below the classifier: the feature map, averaged over space
             return x.mean(axis=(1, 2))
         x = adaptive_avg_pool(x, POOLED_SIZE).reshape(x.shape[0], -1)
         for layer in list(b.classifier)[:keep_classifier]:

@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 from sklearn.metrics import confusion_matrix
 
-from navee_jax.classify.evaluator import level_accuracy, parent_of_class
+from navee_jax.classify.evaluator import LevelScorer
 from navee_jax.classify.trained import TrainedClassifier
 from navee_jax.data.catalogue import Catalogue
 from navee_jax.data.pipeline import eval_batches
@@ -19,17 +19,6 @@ from navee_jax.data.splits import Split
 from navee_jax.evaluate.classification_figures import confusion_matrix_figure, misclassified_examples
 
 MISCLASSIFIED_SHOWN = 18
-
-
-def level_scores(catalogue: Catalogue, split: Split, predicted: np.ndarray, indices: np.ndarray) -> dict[str, float]:
-    """{label column or level: accuracy} of `predicted` classes of the images `indices`; a coarser level reads
-    each predicted class as the level its training images mostly carry (classify.evaluator)."""
-    out = {"class": float(np.mean(predicted == catalogue.labels[indices]))}
-    for name, values in (catalogue.levels or {}).items():
-        values = np.asarray(values, dtype=object)
-        parents = parent_of_class(catalogue.labels[split.train], values[split.train], len(catalogue.class_names))
-        out[name] = level_accuracy(predicted, values[indices], parents)
-    return out
 
 
 def write_classifier_report(config: ml_collections.ConfigDict, catalogue: Catalogue, split: Split, workdir: str,
@@ -40,7 +29,8 @@ def write_classifier_report(config: ml_collections.ConfigDict, catalogue: Catalo
     names = catalogue.class_names
     parts = {"train": split.train, "validation": split.validation, "test": split.test}
     probs = {part: classifier.probabilities(catalogue, idx) for part, idx in parts.items() if len(idx)}
-    scores = {part: level_scores(catalogue, split, p.argmax(1), parts[part]) for part, p in probs.items()}
+    score = LevelScorer(catalogue, split.train)
+    scores = {part: score(p.argmax(1), parts[part]) for part, p in probs.items()}
     test_pred, test_true = probs["test"].argmax(1), catalogue.labels[split.test]
     counts = confusion_matrix(test_true, test_pred, labels=np.arange(len(names)))
     per_class = [{"class": names[c], "test_images": int(counts[c].sum()), "correct": int(counts[c, c]),

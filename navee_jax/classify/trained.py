@@ -38,7 +38,7 @@ class TrainedClassifier:
         graphdef, params, rest = nnx.split(self.model, nnx.Param, ...)
         prepare = image_normalizer(self.config.data, self.config.model.in_channels)
         self._state = TrainState(np.zeros((), np.int32), params, rest, {}, ())  # only params and model_state read
-        self._graphdef, self._prepare = graphdef, prepare
+        self._graphdef, self._prepare, self._truncated = graphdef, prepare, {}
         self._logits = make_embed_fn(graphdef, self.mesh, prepare)
         self._features = make_embed_fn(graphdef, self.mesh, prepare, forward=lambda m, x: m.backbone(x))
 
@@ -77,5 +77,7 @@ class TrainedClassifier:
         """(n, D) outputs with the top `removed` layers taken off (navee_jax.classify.layer_removal)."""
         from navee_jax.classify.layer_removal import truncated_forward
 
-        fn = make_embed_fn(self._graphdef, self.mesh, self._prepare, forward=truncated_forward(self.model, removed))
-        return self._run(fn, catalogue, indices)
+        if removed not in self._truncated:  # one compiled function per depth, whatever the images
+            self._truncated[removed] = make_embed_fn(self._graphdef, self.mesh, self._prepare,
+                                                     forward=truncated_forward(self.model, removed))
+        return self._run(self._truncated[removed], catalogue, indices)

@@ -49,6 +49,15 @@ def squared_distances(query: jax.Array, support: jax.Array) -> jax.Array:
     return jax.vmap(lambda q, s: pairwise_distances(q, s, "squared"))(query, support)
 
 
+def nearest_labels(distances: jax.Array, labels: jax.Array, k: int) -> jax.Array:
+    """(Q, k) labels of the k smallest (distance, index) pairs of each row of (Q, S) `distances`, nearest first
+    (`lax.top_k` puts the lower index first among equal values; for k=1, argmin, the same rule and several
+    times cheaper on CPU)."""
+    if k == 1:
+        return labels[jnp.argmin(distances, axis=-1)][:, None]
+    return labels[jax.lax.top_k(-distances, k)[1]]
+
+
 @partial(jax.jit, static_argnames=("k", "num_classes"))
 def knn_from_distances(distances: jax.Array, support_labels: jax.Array, k: int, num_classes: int) -> jax.Array:
     """(E, Q) majority vote of the k nearest support images under (E, Q, S) `distances`.
@@ -56,10 +65,9 @@ def knn_from_distances(distances: jax.Array, support_labels: jax.Array, k: int, 
     Neighbours are the k smallest (distance, support index) pairs (`lax.top_k` puts the lower index first
     among equal values); a tied vote goes to the smallest label. Needs 1 <= k <= S.
     """
-    if k == 1:  # the same rule, several times cheaper on CPU: argmin returns the first (lowest-index) minimum
-        return jax.vmap(lambda labels, idx: labels[idx])(support_labels, jnp.argmin(distances, axis=-1))
-    _, nearest = jax.lax.top_k(-distances, k)  # (E, Q, k)
-    neighbour_labels = jax.vmap(lambda labels, idx: labels[idx])(support_labels, nearest)
+    neighbour_labels = jax.vmap(nearest_labels, in_axes=(0, 0, None))(distances, support_labels, k)  # (E, Q, k)
+    if k == 1:
+        return neighbour_labels[..., 0]
     votes = jax.nn.one_hot(neighbour_labels, num_classes, dtype=jnp.int32).sum(axis=-2)
     return jnp.argmax(votes, axis=-1)  # argmax returns the first (smallest) label among equal counts
 

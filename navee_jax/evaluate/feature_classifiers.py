@@ -36,6 +36,7 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.preprocessing import StandardScaler
 
 from navee_jax.distances import pairwise_distances
+from navee_jax.evaluate.classifiers import nearest_labels
 
 DEFAULT_KS: tuple[int, ...] = (1, 3, 5, 7, 9, 15, 21)
 
@@ -88,11 +89,7 @@ def _check_labels(name: str, y: np.ndarray, n: int, num_classes: int) -> np.ndar
 @partial(jax.jit, static_argnames=("k",))
 def _nearest_labels(train_x: jax.Array, train_y: jax.Array, query_x: jax.Array, k: int) -> jax.Array:
     """(Q, k) labels of each query's k nearest training vectors, nearest first (lower index first on ties)."""
-    d = pairwise_distances(query_x, train_x, "squared")
-    if k == 1:  # the same rule, cheaper: argmin returns the first (lowest-index) minimum
-        return train_y[jnp.argmin(d, axis=-1)][:, None]
-    _, nearest = jax.lax.top_k(-d, k)
-    return train_y[nearest]
+    return nearest_labels(pairwise_distances(query_x, train_x, "squared"), train_y, k)
 
 
 def _neighbour_labels(train_x: np.ndarray, train_y: np.ndarray, query_x: np.ndarray, k: int,

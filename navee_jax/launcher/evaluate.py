@@ -97,9 +97,9 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, checkpoint: st
     if method_of(config).name == "classifier":  # scored on its own classes: accuracy, not retrieval
         from navee_jax.classify.report import write_classifier_report
 
-        catalogue, split = prepare_data(config)
         if checkpoint == NO_CHECKPOINT:
             raise UserError("--checkpoint=none: a classifier's report needs its trained checkpoint")
+        catalogue, split = prepare_data(config)
         return write_classifier_report(config, catalogue, split, workdir, checkpoint)
     setup = build_setup(config)
     catalogue, split, trainer = setup.catalogue, setup.split, setup.trainer
