@@ -13,18 +13,16 @@ chosen on the validation part, and the MLP's epoch (the study's 1,728-256-150-cl
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
-import time
 
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from configs.classifier import FASHION  # noqa: E402
+from bench.runs import train, training_minutes  # noqa: E402
+from configs.common import FASHION  # noqa: E402
 
 # Changes to configs/classifier.py:fashion for the table's CNN members (the CPU budget in docs/classical.md).
 CNN_OVERRIDES: list[str] = []
@@ -34,17 +32,8 @@ MLP_EPOCHS = 60  # the epoch is chosen on validation; on the study's HOG it peak
 
 def train_member(root: str, seed: int) -> str:
     workdir = os.path.join(root, f"cnn_seed{seed}")
-    metrics = os.path.join(workdir, "metrics.json")
-    if os.path.exists(metrics) and "final" in json.load(open(metrics)):
-        return workdir
-    command = [sys.executable, os.path.join(REPO, "launch.py"), "--config=configs/classifier.py:fashion",
-               f"--workdir={workdir}", f"--config.seed={seed}", "--config.split.seed=0", *CNN_OVERRIDES]
-    print("$", " ".join(command[1:]), flush=True)
-    start = time.perf_counter()
-    if subprocess.run(command, cwd=REPO).returncode != 0:
-        sys.exit(f"failed: {' '.join(command[1:])}")
-    with open(os.path.join(workdir, "train_seconds.json"), "w") as f:
-        json.dump({"seconds": time.perf_counter() - start}, f)
+    train(["--config=configs/classifier.py:fashion", f"--config.seed={seed}", "--config.split.seed=0",
+           *CNN_OVERRIDES], workdir)
     return workdir
 
 
@@ -104,11 +93,9 @@ def main() -> None:
     members = [TrainedClassifier.load(w) for w in workdirs]
     for seed, w, cnn in zip(seeds, workdirs, members):
         test_probs[f"CNN seed {seed}"] = cnn.probabilities(catalogue, split.test)
-        seconds = json.load(open(os.path.join(w, "train_seconds.json")))["seconds"] \
-            if os.path.exists(os.path.join(w, "train_seconds.json")) else None
         add(f"CNN ({config.model.backbone}, from scratch), seed {seed}",
             cnn.probabilities(catalogue, split.train).argmax(1), test_probs[f"CNN seed {seed}"].argmax(1),
-            f"{seconds / 60:.0f} min" if seconds else "")
+            training_minutes(w))
     ytr, yva = labels[split.train], labels[split.validation]
     for name, (tr, va, te) in feature_sets(catalogue, split, config, members[0]).items():
         tr, va, te = standardize(tr, va, te)
@@ -141,8 +128,8 @@ def write_table(root: str, rows, ensemble_rows, split) -> None:
     lines = [f"Test: {len(split.test)} images; train: {len(split.train)}; validation: {len(split.validation)}.", "",
              f"| method | {head} | " + " | ".join(f"train {lvl}" for lvl in LEVELS) + " | training time |",
              "|---|" + "---|" * (2 * len(LEVELS) + 1)]
-    for name, train, test, minutes in rows:
-        lines.append(f"| {name} | " + " | ".join(f"{100 * x:.1f}" for x in test + train) + f" | {minutes} |")
+    for name, on_train, on_test, minutes in rows:
+        lines.append(f"| {name} | " + " | ".join(f"{100 * x:.1f}" for x in on_test + on_train) + f" | {minutes} |")
     lines += ["", f"| ensemble | {head} |", "|---|" + "---|" * len(LEVELS)]
     for name, test in ensemble_rows:
         lines.append(f"| {name} | " + " | ".join(f"{100 * x:.1f}" for x in test) + " |")

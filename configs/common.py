@@ -15,6 +15,13 @@ after ':' in --config=configs/X.py:variant):
   ../shared/data/omniglot_background, the papers' protocol: 5 whole alphabets drawn by the seed are held out
   for validation, and every training character rotated by 90, 180 and 270 degrees is a class of its own;
   5-way episodes; otherwise as 'omniglot'.
+- 'fashion_{types,articles}_{seen,unseen}': the Kaggle fashion photos of ../shared/data/fashion_product_images
+  (styles.csv), the class an articleType ('types', 75 classes) or an articleType+baseColour ('articles', 717
+  classes, 62% of them of 5 photos or fewer); held out either 10 / 80 classes of Apparel drawn by the seed, the
+  rest of Apparel training ('seen': the study's seen-brand set), or all of Accessories, a masterCategory
+  training never sees ('unseen': the study's unseen-brand set). ResNet-18 at half width, 64x64, the study's
+  augmentation (flips, rotations, random crops); --config.data.image_size=224 --config.model.width=64 is the
+  study's full-resolution setting, for a GPU.
 """
 
 import os
@@ -31,7 +38,13 @@ SHARED_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
 OMNIGLOT = os.path.normpath(os.path.join(SHARED_DATA, "omniglot"))
 OMNIGLOT_KOREAN = os.path.join(OMNIGLOT, "images_background_small1", "Korean")
 OMNIGLOT_BACKGROUND = os.path.normpath(os.path.join(SHARED_DATA, "omniglot_background", "images_background"))
-VARIANTS = ("", "digits", "omniglot", "omniglot_all", "omniglot_background")
+FASHION = os.path.normpath(os.path.join(SHARED_DATA, "fashion_product_images"))
+# The fashion photos' two granularities (the class: an article type, or an article-like type and colour) ...
+FASHION_LABELS = {"types": "articleType", "articles": "articleType+baseColour"}
+# ... and two test sets: 'seen' (classes of Apparel, whose other classes train: the study's Versace set) and
+# 'unseen' (every Accessories class, a masterCategory training never sees: the study's Givenchy set)
+FASHION_VARIANTS = tuple(f"fashion_{g}_{t}" for g in FASHION_LABELS for t in ("seen", "unseen"))
+VARIANTS = ("", "digits", "omniglot", "omniglot_all", "omniglot_background", *FASHION_VARIANTS)
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
@@ -103,6 +116,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.model.compute_dtype = "float32"  # 'bfloat16': the backbone computes in bf16, parameters stay float32
     c.model.embed_dim = 256  # the embedding head projects the backbone's features to this size
     c.model.normalize = True  # L2-normalise embeddings
+    # resnet*: the last feature map averaged over a pool_grid x pool_grid grid of regions and flattened (the
+    # spatial layout HOG keeps; 1 = global average pooling, the papers')
+    c.model.pool_grid = 1
     c.model.tta_shift_px = 0  # > 0: evaluation embeds each image as the mean over its 9 shifts by {-px, 0, px}^2
     c.model.frozen_batchnorm = False  # True: BatchNorm keeps its stored statistics during training
     c.model.frozen_stages = ()  # backbone stages that do not train, e.g. ("conv1", "bn1", "layer1"): weights and BN
@@ -159,7 +175,25 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         c.data.rotated_classes = (90, 180, 270)
         c.split.mode, c.split.num_heldout_classes, c.split.num_heldout_groups = "groups", 0, 5
         c.eval.ways = 5
+    if variant.startswith("fashion_"):
+        _fashion(c, *variant.split("_")[1:])
     return c
+
+
+def _fashion(c: ml_collections.ConfigDict, granularity: str, test_set: str) -> None:
+    c.data.source, c.data.root = "styles_csv", FASHION
+    c.data.label_column, c.data.group_column = FASHION_LABELS[granularity], "masterCategory"
+    c.data.image_size = 64
+    c.data.flip, c.data.rotation_deg, c.data.crop_scale_min = True, 10.0, 0.8  # the study's augmentation
+    c.model.width = 32  # ResNet-18 at half width: the CPU budget of docs/fashion.md
+    if test_set == "unseen":
+        c.split.mode, c.split.heldout_groups, c.split.num_heldout_groups = "groups", ("Accessories",), 0
+    else:
+        c.split.mode, c.split.partial_group = "partial", "Apparel"
+        c.split.num_heldout_classes = 10 if granularity == "types" else 80
+    c.sampler.classes_per_batch, c.sampler.images_per_class = 16, 4
+    c.eval.ways = 5
+    c.eval.grid_ways, c.eval.grid_shots = (2, 5, 10, 20), (1, 2, 3, 5, 10)
 
 
 def _glyphs(c: ml_collections.ConfigDict) -> None:

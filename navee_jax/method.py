@@ -51,8 +51,11 @@ class Method(abc.ABC):
     """A training method; subclasses are registered by name."""
 
     name: str = ""
-    # (the key of the first evaluator's results that picks the best checkpoint, how progress lines name it)
-    selection: tuple[str, str] = ("map", "held-out mAP")
+
+    def selection(self, config: ml_collections.ConfigDict) -> tuple[str, str]:
+        """(the key of the first evaluator's results that picks the best checkpoint, how progress lines name
+        it)."""
+        return ("map", "held-out mAP")
 
     def check_config(self, config: ml_collections.ConfigDict) -> None:  # noqa: B027 (optional to override)
         """One-line UserError for a setting this method cannot honour, before any data loads."""

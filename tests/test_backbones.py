@@ -150,3 +150,27 @@ def test_vgg_dropout_only_in_train_mode():
     np.testing.assert_array_equal(model(x), model(x))
     model.train()
     assert not np.allclose(model(x), model(x))  # a fresh dropout mask per call
+
+
+def test_pool_grid_keeps_the_layout_of_the_last_feature_map():
+    """model.pool_grid: each of grid x grid regions of the last map averaged (a NumPy loop over regions), row by
+    row; grid 1 is the global average the papers pool with; the weights are the same whatever the grid."""
+    x = _images(2, 64)
+    pooled = resnet18(8, rngs=nnx.Rngs(0), pool_grid=2)
+    plain = resnet18(8, rngs=nnx.Rngs(0))
+    pooled.eval()
+    plain.eval()
+    assert pooled.out_features == 4 * plain.out_features == 256
+    b = plain
+    fmap = b.stem_pool(b.bn1(b.conv1(x)))
+    for s in range(b.num_stages):
+        for block in getattr(b, f"layer{s + 1}"):
+            fmap = block(fmap)
+    fmap = np.asarray(fmap)  # (2, 2, 2, 64) at 64x64
+    h = fmap.shape[1] // 2
+    want = np.concatenate([fmap[:, i * h:(i + 1) * h, j * h:(j + 1) * h].mean(axis=(1, 2))
+                           for i in range(2) for j in range(2)], axis=1)
+    np.testing.assert_allclose(pooled(x), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(plain(x), fmap.mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
+    with pytest.raises(UserError, match="model.pool_grid=3 does not divide the last feature map"):
+        resnet18(8, rngs=nnx.Rngs(0), pool_grid=3)(x)

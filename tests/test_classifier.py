@@ -150,7 +150,6 @@ def test_label_levels_are_each_images_own_coarser_labels_and_a_bad_column_lists_
 @pytest.mark.parametrize("key, value, message", [
     ("split.test_fraction", 1.0, "split.test_fraction"),
     ("loss.label_smoothing", 1.0, "loss.label_smoothing"),
-    ("split.mode", "classes", "use split.mode='stratified'"),
     ("sampler.kind", "pk", "method='classifier' trains on ['shuffled']"),
     ("data.label_levels", ("masterCategory",), "data.label_levels"),
     ("data.rotated_classes", (90,), "split.mode='stratified' cannot score"),
@@ -235,3 +234,30 @@ def test_the_studys_hog_has_the_1728_values_it_names():
     want = hog(resize(gray[1], (80, 60), anti_aliasing=True), orientations=8, pixels_per_cell=(8, 8),
                cells_per_block=(2, 2), block_norm="L2-Hys")
     np.testing.assert_allclose(got[1], want, rtol=1e-4, atol=1e-5)
+
+
+def test_on_a_few_shot_split_the_classifier_is_evaluated_on_its_normalised_backbone_features():
+    """The classical transfer baseline: trained on the training classes, its embedding of held-out images is
+    the backbone's output (the class head dropped), L2-normalised, and held-out mAP picks its checkpoints."""
+    from flax import nnx
+
+    from configs import classifier
+    from navee_jax.classify.method import build_classifier
+    from navee_jax.embed import image_normalizer
+    from navee_jax.evaluate.heldout import HeldoutEvaluator
+    from navee_jax.launcher.train import build_setup
+    from navee_jax.method import method_of
+
+    cfg = classifier.get_config("")
+    cfg.split.mode, cfg.split.num_heldout_classes = "classes", 30
+    cfg.model.backbone = "conv4"  # at the glyphs' own 32x32
+    check_config(cfg)
+    setup = build_setup(cfg)
+    assert method_of(cfg).selection(cfg) == ("map", "held-out mAP")
+    assert [type(e) for e in setup.trainer.evaluators] == [HeldoutEvaluator]
+    images = jnp.asarray(setup.catalogue.pixels[setup.split.query[:8]], jnp.float32) / 255.0
+    got = np.asarray(setup.trainer.embed_fn(setup.trainer.state, images))
+    reference = build_classifier(cfg, len(setup.catalogue.class_names), nnx.Rngs(cfg.seed))  # the same init
+    reference.eval()
+    features = np.asarray(reference.backbone(image_normalizer(cfg.data, cfg.model.in_channels)(images)))
+    np.testing.assert_allclose(got, features / np.linalg.norm(features, axis=1, keepdims=True), rtol=1e-4, atol=1e-5)

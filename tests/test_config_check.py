@@ -15,6 +15,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from configs import common
+from configs.classifier import VARIANTS
 from conftest import REPO, run_launch
 from navee_jax import cli
 from navee_jax.launcher import command
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarni
 
 EXPERIMENTS = ("triplet", "contrastive", "protonet", "multi_similarity", "proxy_anchor", "maml", "siamese")
 SPECS = [f"configs/{e}.py" + (f":{v}" if v else "") for e in EXPERIMENTS for v in common.VARIANTS] + \
-    ["configs/classifier.py", "configs/classifier.py:fashion", "configs/classifier.py:fashion224"]
+    [f"configs/classifier.py:{v}" if v else "configs/classifier.py" for v in VARIANTS]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +83,7 @@ BAD: dict[str, list[Any]] = {
     "model.backbone": ["resnet34", Py(None)],
     "model.width": ["0", "-8"],
     "model.tta_shift_px": ["-1", "1.5"],
+    "model.pool_grid": ["0", "1.5"],
     "model.block_widths": ["(64, 64)", "(64, 64, 0, 64)", "(64, 64, 'a', 64)", Py(64)],
     "model.in_channels": ["2", "0", Py(True)],
     "model.remove_top_layers": ["-1", "8"],
@@ -153,6 +155,7 @@ CROSS_CASES: list[tuple[str, list[str], str, bool]] = [
     ("configs/maml.py:digits", ["--config.sampler.kind=pk"], "sampler.kind", True),
     ("configs/triplet.py:digits", ["--config.model.block_widths=(64, 64, 128, 128)"], "model.block_widths", True),
     ("configs/triplet.py:omniglot", ["--config.model.tta_shift_px=14"], "model.tta_shift_px", True),
+    ("configs/triplet.py:omniglot", ["--config.model.pool_grid=2"], "model.pool_grid", True),
     ("configs/triplet.py:digits", ["--config.data.source=folder"], "data.root", True),
     ("configs/triplet.py:digits", ["--config.data.source=styles_csv", "--config.data.root=/data",
                             "--config.data.label_column="], "data.label_column", True),

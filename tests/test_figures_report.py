@@ -180,3 +180,19 @@ def test_report_tables_links_and_round_trip(tmp_path):
     assert (open(json_path, "rb").read(), open(md_path, "rb").read()) == first
     with pytest.raises(ValueError, match="figures"):
         write_report(report_dir, {**RESULTS, "figures": {}}, {})
+
+
+def test_grid_average_is_the_mean_of_cell_means_with_the_interval_of_independent_cells(tmp_path):
+    from navee_jax.evaluate.records import grid_average
+
+    rng = np.random.default_rng(0)
+    runs = [rng.random(n) for n in (40, 60, 90)]  # per-episode accuracies of three cells
+    cells = [FewShotCell.from_accuracies(5, k, "1nn", acc, 15).to_dict() for k, acc in zip((1, 2, 3), runs)]
+    cells.append(GRID[-1])  # a skipped cell counts for nothing
+    average = grid_average(cells)
+    # the reference from the raw episodes: the mean of the means has variance sum(var_i / E_i) / n^2
+    want_ci = 1.96 * np.sqrt(sum(a.var(ddof=1) / len(a) for a in runs)) / 3
+    assert average == pytest.approx({"mean": np.mean([a.mean() for a in runs]), "ci95": want_ci, "cells": 3})
+    assert grid_average([GRID[-1]]) is None
+    md = open(write_report(str(tmp_path), {"sources": {"net": {"grid": cells}}}, {})[1]).read()
+    assert f"Grid average: {average['mean']:.4f} ± {average['ci95']:.4f} over 3 cells." in md

@@ -1,6 +1,9 @@
 """The classifier as a method of the one trainer: backbone -> linear head with one logit per class of
 `data.label_column` (the embedding head of navee_jax.models, sized to the classes, not normalised), softmax
-cross-entropy on shuffled batches, accuracy on the stratified split's validation and test parts."""
+cross-entropy on shuffled batches. On the stratified split it is scored by accuracy on the validation and test
+parts of its own classes; on a few-shot split (classes, groups, partial) it is the classical baseline of
+transfer: it learns the training classes, and its L2-normalised backbone features (the head dropped) are
+evaluated on the held-out classes like any embedding."""
 
 from __future__ import annotations
 
@@ -13,8 +16,10 @@ from navee_jax.classify.evaluator import ClassificationEvaluator
 from navee_jax.data.catalogue import Catalogue
 from navee_jax.data.pipeline import shuffled_batches
 from navee_jax.data.splits import Split
+from navee_jax.distances import l2_normalize
 from navee_jax.embed import image_normalizer, make_embed_fn
 from navee_jax.errors import UserError
+from navee_jax.evaluate.heldout import HeldoutEvaluator
 from navee_jax.losses.cross_entropy import classification_loss
 from navee_jax.method import Method, Trainer, register_method
 from navee_jax.models import build_model
@@ -36,14 +41,15 @@ def build_classifier(config: ml_collections.ConfigDict, num_classes: int, rngs: 
 
 class Classifier(Method):
     name = "classifier"
-    selection = ("accuracy", "validation accuracy")
+
+    def selection(self, config: ml_collections.ConfigDict) -> tuple[str, str]:
+        if config.split.mode == "stratified":
+            return ("accuracy", "validation accuracy")
+        return super().selection(config)
 
     def check_config(self, config: ml_collections.ConfigDict) -> None:
         if config.loss.name != LOSS_NAME:
             raise UserError(f"loss.name={config.loss.name!r}: method='classifier' trains {LOSS_NAME!r}")
-        if config.split.mode != "stratified":
-            raise UserError(f"split.mode={config.split.mode!r}: method='classifier' is scored on the images of "
-                            f"its own classes; use split.mode='stratified'")
         if config.model.head_batchnorm or config.model.tta_shift_px:
             raise UserError("model.head_batchnorm / model.tta_shift_px: the classifier's head is one linear "
                             "layer; set them to False / 0")
@@ -67,15 +73,19 @@ class Classifier(Method):
         model = build_classifier(config, len(catalogue.class_names), nnx.Rngs(config.seed), cpu_tuned(mesh))
         frozen = tuple(config.model.frozen_stages)
         graphdef, eval_graphdef, state = init_train_state(model, tx, config.model.frozen_batchnorm, frozen)
-        logits_fn = make_embed_fn(eval_graphdef, mesh, prepare)
         process = (jax.process_index(), jax.process_count())
+        if config.split.mode == "stratified":
+            embed_fn = make_embed_fn(eval_graphdef, mesh, prepare)  # the logits
+            evaluators = (ClassificationEvaluator(catalogue, split, config, embed_fn, mesh),)
+        else:  # held-out classes have no logit that means anything: their features are the embedding
+            embed_fn = make_embed_fn(eval_graphdef, mesh, prepare, forward=lambda m, x: l2_normalize(m.backbone(x)))
+            evaluators = (HeldoutEvaluator(catalogue, split, config, embed_fn, mesh),)
         return Trainer(
             state=jax.device_put(state, replicated(mesh)),
             train_step=make_train_step(graphdef, tx, classification_loss(config.loss.label_smoothing), mesh,
                                        prepare, frozen),
             batches=lambda epoch, n: shuffled_batches(catalogue, split.train, config, epoch, n, *process),
-            replicated_keys=(), schedule=schedule, embed_fn=logits_fn,
-            evaluators=(ClassificationEvaluator(catalogue, split, config, logits_fn, mesh),))
+            replicated_keys=(), schedule=schedule, embed_fn=embed_fn, evaluators=evaluators)
 
 
 register_method(Classifier())

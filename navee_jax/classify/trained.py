@@ -52,7 +52,7 @@ class TrainedClassifier:
             raise UserError(f"workdir {workdir!r} was trained with method={config.method!r}, not 'classifier'")
         with open(os.path.join(workdir, "splits.json")) as f:
             class_names = tuple(json.load(f)["class_names"])  # in the order of the head's outputs
-        step, restored = restore_arrays(workdir, checkpoint, method_of(config).selection[0])
+        step, restored = restore_arrays(workdir, checkpoint, method_of(config).selection(config)[0])
         config.model.pretrained = ""  # the checkpoint holds every weight
         model = build_classifier(config, len(class_names), nnx.Rngs(config.seed))
         where = os.path.join(workdir, "checkpoints", str(step))

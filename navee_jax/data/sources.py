@@ -266,19 +266,31 @@ def read_styles_csv(path: str) -> tuple[list[str], list[list[str]], list[tuple[i
     return header, rows, malformed
 
 
+COMPOSITE_SEPARATOR = "+"
+
+
+def label_columns(spec: str) -> tuple[str, ...]:
+    """The styles.csv columns of a label spec: 'articleType' or a composite 'articleType+baseColour'."""
+    return tuple(c.strip() for c in spec.split(COMPOSITE_SEPARATOR))
+
+
 def styles_catalogue(root: str, label_column: str, group_column: str = "", duplicates: str = "skip",
                      label_levels: tuple[str, ...] = ()) -> Catalogue:
     """Kaggle "Fashion Product Images": `root/styles.csv` (id, ..., label columns) and `root/images/<id>.jpg`.
     Rows whose image is missing are skipped and counted (most rows of the public copies have none).
+    `label_column`, `group_column` and each of `label_levels` may be composite, several columns joined by '+'
+    (e.g. 'articleType+baseColour': one class per type and colour, named 'Shirts+Navy Blue'); a row with an
+    empty value in any of its label or group columns is skipped and listed.
     `duplicates`: see `_validated_catalogue` (some product ids share one photo)."""
     _check_root(root, "a folder with styles.csv and images/<id>.jpg")
     csv_path = os.path.join(root, "styles.csv")
     if not os.path.isfile(csv_path):
         raise UserError(f"data.root: {csv_path!r} not found (the Kaggle layout is styles.csv + images/<id>.jpg)")
     header, rows, malformed = read_styles_csv(csv_path)
-    for option, columns in (("data.label_column", ("id", label_column)),
-                            ("data.group_column", (group_column,) if group_column else ()),
-                            ("data.label_levels", tuple(label_levels))):
+    specs = {"label": label_columns(label_column), "group": label_columns(group_column) if group_column else (),
+             **{f"level {spec}": label_columns(spec) for spec in label_levels}}
+    for option, columns in (("data.label_column", ("id", *specs["label"])), ("data.group_column", specs["group"]),
+                            ("data.label_levels", sum((label_columns(s) for s in label_levels), ()))):
         for column in columns:
             if column not in header:
                 raise UserError(f"{option}: column {column!r} is not in {csv_path}; its columns are {header}")
@@ -287,14 +299,16 @@ def styles_catalogue(root: str, label_column: str, group_column: str = "", dupli
     candidates = []
     for row in rows:
         path = os.path.join(root, "images", f"{row[col['id']].strip()}.jpg")
+        values = {key: tuple(row[col[c]].strip() for c in columns) for key, columns in specs.items()}
+        empty = [c for key, columns in specs.items() for c, v in zip(columns, values[key]) if not v]
         if not os.path.isfile(path):
             skipped.append(Skipped(path, "missing image for a styles.csv row"))
-        elif not row[col[label_column]].strip():
-            skipped.append(Skipped(path, f"empty {label_column}"))
+        elif empty:
+            skipped.append(Skipped(path, f"empty {empty[0]}"))
         else:
-            group = row[col[group_column]].strip() if group_column else None
-            levels = tuple(row[col[c]].strip() for c in label_levels)
-            candidates.append(_Candidate(path, row[col[label_column]].strip(), group, levels))
+            joined = {key: COMPOSITE_SEPARATOR.join(v) for key, v in values.items()}
+            levels = tuple(joined[f"level {spec}"] for spec in label_levels)
+            candidates.append(_Candidate(path, joined["label"], joined["group"] if group_column else None, levels))
     return _validated_catalogue(root, candidates, skipped, duplicates=duplicates, level_names=tuple(label_levels))
 
 

@@ -16,7 +16,7 @@ a fine-tuning classifier's inner_steps), written beside the fixed keys.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -78,3 +78,14 @@ class FewShotCell:
         """A setting that cannot be evaluated on this data, with the reason."""
         return cls(ways=int(ways), shots=int(shots), classifier=classifier, mean=None, ci95=None,
                    episodes=int(episodes), skipped=why)
+
+
+def grid_average(cells: Sequence[Mapping[str, Any]]) -> dict[str, float | int] | None:
+    """The mean accuracy over the evaluated cells of an N x K grid (the study's one-number summary of a
+    heatmap) and its 95% half-width, sqrt(sum of the cells' squared half-widths) / cells, as the cells' episodes
+    are drawn independently; None when no cell was evaluated."""
+    done = [c for c in cells if c.get("mean") is not None]
+    if not done:
+        return None
+    ci = float(np.sqrt(sum(float(c["ci95"]) ** 2 for c in done)) / len(done))
+    return {"mean": float(np.mean([c["mean"] for c in done])), "ci95": ci, "cells": len(done)}

@@ -32,6 +32,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from navee_jax.evaluate.records import grid_average
+
 # Retrieval metrics by key, in table order, with the names the report shows.
 RETRIEVAL_METRICS = (("map", "mAP"), ("map_at_r", "MAP@R"), ("recall_at_1", "Recall@1"),
                      ("recall_at_5", "Recall@5"), ("recall_at_10", "Recall@10"), ("queries_scored", "queries scored"))
@@ -142,6 +144,9 @@ def _source(name: str, source: Mapping[str, Any]) -> list[str]:
         lines += _standard(source["standard"])
     if source.get("grid"):
         lines += ["### N-way K-shot grid (1-NN accuracy ± 95% CI)", "", *grid_table(source["grid"]), ""]
+        average = grid_average(source["grid"])
+        if average is not None:
+            lines += [f"Grid average: {_cell(average)} over {average['cells']} cells.", ""]
     if len(lines) == 2:
         lines += ["No results.", ""]
     return lines

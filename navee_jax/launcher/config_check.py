@@ -161,7 +161,8 @@ RULES: dict[str, Rule] = {
     "model.compute_dtype": one_of(COMPUTE_DTYPES),
     "model.embed_dim": integer(0),  # 0: the backbone's features, no projection
     "model.normalize": BOOL,
-    "model.tta_shift_px": integer(0),  # pixels of the resized image; below half of it (CROSS)
+    "model.tta_shift_px": integer(0),
+    "model.pool_grid": integer(1),  # pixels of the resized image; below half of it (CROSS)
     "model.frozen_batchnorm": BOOL,
     "model.frozen_stages": tuple_of(text(), example="('conv1', 'bn1', 'layer1')"),  # names checked in CROSS
     "model.head_batchnorm": BOOL,
@@ -351,6 +352,8 @@ CROSS: list[tuple[str, Callable[[ml_collections.ConfigDict], str | None]]] = [
     ("model.tta_shift_px", lambda c: None if 2 * c.model.tta_shift_px < c.data.image_size else
      f"model.tta_shift_px={c.model.tta_shift_px} shifts a {c.data.image_size}-pixel image out of view; use less "
      f"than half of data.image_size"),
+    ("model.pool_grid", lambda c: None if c.model.pool_grid == 1 or c.model.backbone.startswith("resnet") else
+     f"pools a ResNet's last feature map over a grid, but model.backbone={c.model.backbone!r}: use 1"),
     ("model.block_widths", lambda c: None if not c.model.block_widths or c.model.backbone == "conv4" else
      f"sets conv4's blocks, but model.backbone={c.model.backbone!r}: use model.width, or () here"),
     ("data.image_size", _min_image_size),

@@ -25,6 +25,7 @@ from navee_jax.errors import UserError
 from navee_jax.evaluate import figures
 from navee_jax.evaluate.baselines import BASELINES, features_for
 from navee_jax.evaluate.fewshot import few_shot_grid, standard_protocol
+from navee_jax.evaluate.records import grid_average
 from navee_jax.evaluate.report import write_report
 from navee_jax.evaluate.retrieval import retrieval_metrics
 from navee_jax.losses.registry import Distance
@@ -46,7 +47,7 @@ def check_evaluable(config: ml_collections.ConfigDict, workdir: str, checkpoint:
         raise UserError(f"--mode=evaluate: --workdir={workdir!r} {what}; train into it first (the same command "
                         f"without --mode=evaluate), or pass --checkpoint={NO_CHECKPOINT} to evaluate only the "
                         f"network at initialisation and the baselines")
-    ckpt = Checkpoints(workdir, best_metric=method_of(config).selection[0])
+    ckpt = Checkpoints(workdir, best_metric=method_of(config).selection(config)[0])
     try:
         step = ckpt.resolve_step(checkpoint)
     finally:
@@ -94,7 +95,7 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, checkpoint: st
     unknown = [b for b in config.eval.baselines if b not in BASELINES]
     if unknown:
         raise UserError(f"eval.baselines: {unknown} unknown; available: {sorted(BASELINES)}")
-    if method_of(config).name == "classifier":  # scored on its own classes: accuracy, not retrieval
+    if method_of(config).name == "classifier" and config.split.mode == "stratified":  # its own classes' accuracy
         from navee_jax.classify.report import write_classifier_report
 
         if checkpoint == NO_CHECKPOINT:
@@ -167,9 +168,11 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, checkpoint: st
 
     json_path, md_path = write_report(report_dir, results, figs)
     for name, r in results["sources"].items():
-        shot = "".join(f"; {c['ways']}-way 1-shot {c['classifier']} {c['mean']:.4f}"
+        shot = "".join(f"; {c['ways']}-way 1-shot {c['classifier']} {c['mean']:.4f} +- {c['ci95']:.4f}"
                        for c in r["standard"] if c["shots"] == 1 and "skipped" not in c)
-        print(f"{name}: mAP {r['retrieval']['map']:.4f}{shot}")
+        average = grid_average(r["grid"])
+        grid = "" if average is None else f"; grid average {average['mean']:.4f} +- {average['ci95']:.4f}"
+        print(f"{name}: mAP {r['retrieval']['map']:.4f}{shot}{grid}")
     print(f"wrote {md_path} and {json_path}")
     return results
 

@@ -93,7 +93,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, axes: list[tuple[
               train: Callable[[ml_collections.ConfigDict, str], dict]) -> list[dict]:
     """Trains every setting with `train(config, sub_workdir)`; writes and prints the table of results, by the
     metric that picks the method's checkpoints (held-out mAP; a classifier's validation accuracy)."""
-    key, title = method_of(config).selection
+    key, title = method_of(config).selection(config)
     rows = []
     grid = settings(axes)
     for i, setting in enumerate(grid):

@@ -120,7 +120,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains, checkpoints each epoch, evaluates on held-out classes; returns what metrics.json holds."""
     setup = build_setup(config)
     trainer, mesh, split, steps_per_epoch = setup.trainer, setup.mesh, setup.split, setup.steps_per_epoch
-    key, title = method_of(config).selection  # e.g. ("map", "held-out mAP"): what picks the best checkpoint
+    key, title = method_of(config).selection(config)  # e.g. ("map", "held-out mAP"): what picks the best checkpoint
     catalogue, state = setup.catalogue, trainer.state
     num_epochs = config.train.num_epochs
     total_steps = num_epochs * steps_per_epoch

@@ -40,6 +40,8 @@ def build_model(cfg: ml_collections.ConfigDict, rngs: nnx.Rngs, image_size: int,
         kwargs["image_size"] = image_size
     if cfg.backbone == "conv4":
         kwargs["block_widths"] = tuple(cfg.block_widths)
+    if cfg.backbone.startswith("resnet"):
+        kwargs["pool_grid"] = cfg.get("pool_grid", 1)
     if cfg.backbone.startswith("vgg"):
         kwargs["remove_top_layers"] = cfg.remove_top_layers
     backbone = BACKBONES[cfg.backbone](width=cfg.width, rngs=rngs, **kwargs)

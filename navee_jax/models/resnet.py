@@ -15,6 +15,8 @@ import math
 import jax
 from flax import nnx
 
+from navee_jax.errors import UserError
+
 # torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu"); BN scale 1, bias 0.
 _conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 
@@ -110,6 +112,16 @@ class Bottleneck(nnx.Module):
         return nnx.relu(self.bn3(self.conv3(y)) + shortcut)
 
 
+def grid_average_pool(x: jax.Array, grid: int) -> jax.Array:
+    """(N, H, W, C) -> (N, grid * grid * C): the mean of each of grid x grid equal regions, row by row; grid 1
+    is global average pooling."""
+    n, h, w, c = x.shape
+    if h % grid or w % grid:
+        raise UserError(f"model.pool_grid={grid} does not divide the last feature map ({h}x{w}); choose a divisor "
+                        f"or change data.image_size")
+    return x.reshape(n, grid, h // grid, grid, w // grid, c).mean(axis=(2, 4)).reshape(n, grid * grid * c)
+
+
 class ResNet(nnx.Module):
     """Stem (7x7/2 conv, 3x3/2 max-pool), four stages, global average pool, optional classifier.
 
@@ -120,7 +132,7 @@ class ResNet(nnx.Module):
     """
 
     def __init__(self, blocks_per_stage: tuple[int, ...], width: int, rngs: nnx.Rngs, in_channels: int = 3, *,
-                 block: type[BasicBlock] | type[Bottleneck] = BasicBlock, num_classes: int = 0):
+                 block: type[BasicBlock] | type[Bottleneck] = BasicBlock, num_classes: int = 0, pool_grid: int = 1):
         self.conv1 = _conv(in_channels, width, 7, 2, rngs)
         self.bn1 = _bn(width, rngs)
         # static (graphdef, not state): navee_jax.models.cpu_tuned swaps in a custom-VJP version
@@ -134,6 +146,8 @@ class ResNet(nnx.Module):
                 cin = planes * block.expansion
             setattr(self, f"layer{s + 1}", nnx.List(blocks))
         self.num_stages = len(blocks_per_stage)
+        self.pool_grid = pool_grid
+        cin *= pool_grid**2
         self.fc = _torch_linear(cin, num_classes, rngs) if num_classes > 0 else None
         self.out_features = num_classes if num_classes > 0 else cin
 
@@ -142,16 +156,19 @@ class ResNet(nnx.Module):
         for s in range(self.num_stages):
             for block in getattr(self, f"layer{s + 1}"):
                 x = block(x)
-        x = x.mean(axis=(1, 2))
+        x = grid_average_pool(x, self.pool_grid)
         return x if self.fc is None else self.fc(x)
 
 
-def resnet18(width: int = 64, *, rngs: nnx.Rngs, in_channels: int = 3, num_classes: int = 0) -> ResNet:
+def resnet18(width: int = 64, *, rngs: nnx.Rngs, in_channels: int = 3, num_classes: int = 0,
+             pool_grid: int = 1) -> ResNet:
     """torchvision resnet18 (`width` 64 is the standard network), headless unless `num_classes` > 0."""
-    return ResNet((2, 2, 2, 2), width, rngs, in_channels, num_classes=num_classes)
+    return ResNet((2, 2, 2, 2), width, rngs, in_channels, num_classes=num_classes, pool_grid=pool_grid)
 
 
-def resnet50(width: int = 64, *, rngs: nnx.Rngs, in_channels: int = 3, num_classes: int = 0) -> ResNet:
+def resnet50(width: int = 64, *, rngs: nnx.Rngs, in_channels: int = 3, num_classes: int = 0,
+             pool_grid: int = 1) -> ResNet:
     """torchvision resnet50 (`width` 64 is the standard network: 2048 features), headless unless
     `num_classes` > 0."""
-    return ResNet((3, 4, 6, 3), width, rngs, in_channels, block=Bottleneck, num_classes=num_classes)
+    return ResNet((3, 4, 6, 3), width, rngs, in_channels, block=Bottleneck, num_classes=num_classes,
+                  pool_grid=pool_grid)
