@@ -280,7 +280,7 @@ def styles_catalogue(root: str, label_column: str, group_column: str = "", dupli
     Rows whose image is missing are skipped and counted (most rows of the public copies have none).
     `label_column`, `group_column` and each of `label_levels` may be composite, several columns joined by '+'
     (e.g. 'articleType+baseColour': one class per type and colour, named 'Shirts+Navy Blue'); a row with an
-    empty value in any of its label or group columns is skipped and listed.
+    empty value in any of its label, group or level columns is skipped and listed.
     `duplicates`: see `_validated_catalogue` (some product ids share one photo)."""
     _check_root(root, "a folder with styles.csv and images/<id>.jpg")
     csv_path = os.path.join(root, "styles.csv")

@@ -161,8 +161,8 @@ RULES: dict[str, Rule] = {
     "model.compute_dtype": one_of(COMPUTE_DTYPES),
     "model.embed_dim": integer(0),  # 0: the backbone's features, no projection
     "model.normalize": BOOL,
-    "model.tta_shift_px": integer(0),
-    "model.pool_grid": integer(1),  # pixels of the resized image; below half of it (CROSS)
+    "model.tta_shift_px": integer(0),  # pixels of the resized image; below half of it (CROSS)
+    "model.pool_grid": integer(1),  # a divisor of the last feature map's side (checked when the model runs)
     "model.frozen_batchnorm": BOOL,
     "model.frozen_stages": tuple_of(text(), example="('conv1', 'bn1', 'layer1')"),  # names checked in CROSS
     "model.head_batchnorm": BOOL,
