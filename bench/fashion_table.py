@@ -22,7 +22,7 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from bench.runs import chosen, launch, train, training_minutes, write_table  # noqa: E402
+from bench.runs import chosen, train_and_evaluate, training_minutes, write_table  # noqa: E402
 from configs.common import FASHION, FASHION_VARIANTS  # noqa: E402
 from navee_jax.evaluate.records import grid_average  # noqa: E402
 
@@ -62,15 +62,6 @@ RUNS = {
 BASELINES = ("HOG", "raw pixels", "untrained network")
 EVALUATE = ["--mode=evaluate", "--config.eval.episodes=200", "--config.eval.standard_episodes=600",
             "--config.eval.classifiers=('1nn',)"]
-
-
-def train_and_evaluate(variant: str, name: str, root: str) -> None:
-    config, overrides, _ = RUNS[name]
-    workdir = os.path.join(root, variant, name)
-    base = [f"--config=configs/{config}.py:{variant}", *overrides]
-    train(base, workdir)
-    if not os.path.exists(os.path.join(workdir, "report", "report.json")):
-        launch([*base, f"--workdir={workdir}", *EVALUATE])
 
 
 def _percent(cell: dict | None) -> str:
@@ -114,8 +105,11 @@ def main() -> None:
         sys.exit(f"skipped: {FASHION} is absent (the shared fashion photos, ../shared/data)")
     for variant in variants:
         for name in names:
-            train_and_evaluate(variant, name, a.root)
+            config, overrides, _ = RUNS[name]
+            train_and_evaluate([f"--config=configs/{config}.py:{variant}", *overrides],
+                               os.path.join(a.root, variant, name), EVALUATE)
     write_table(a.root, "\n".join(line for v in FASHION_VARIANTS for line in table(a.root, v)))
+
 
 if __name__ == "__main__":
     main()

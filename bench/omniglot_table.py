@@ -24,7 +24,7 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from bench.runs import chosen, launch, train, training_minutes, write_table  # noqa: E402
+from bench.runs import chosen, train_and_evaluate, training_minutes, write_table  # noqa: E402
 from configs.common import OMNIGLOT_BACKGROUND  # noqa: E402
 
 # name -> (config, overrides, how it was trained). Each is that config's :omniglot_background variant (Conv-4 at
@@ -128,15 +128,6 @@ EVALUATE = ["--mode=evaluate", "--config.eval.grid_ways=(5, 20)", "--config.eval
             "--config.eval.baselines=()"]
 
 
-def train_and_evaluate(name: str, root: str) -> None:
-    config, overrides, _ = RUNS[name]
-    workdir = os.path.join(root, name)
-    base = [f"--config=configs/{config}.py:omniglot_background", *overrides]
-    train(base, workdir)
-    if not os.path.exists(os.path.join(workdir, "report", "report.json")):
-        launch([*base, f"--workdir={workdir}", *EVALUATE])
-
-
 def _cell(cells: list[dict], ways: int, shots: int, own: bool) -> str:
     for c in cells:
         if (c["ways"], c["shots"]) == (ways, shots) and (c["classifier"] != "1nn") == own and c.get("mean") is not None:
@@ -173,7 +164,9 @@ def main() -> None:
     if not os.path.isdir(OMNIGLOT_BACKGROUND):
         sys.exit(f"skipped: {OMNIGLOT_BACKGROUND} is absent (Omniglot's background set, ../shared/data)")
     for name in names:
-        train_and_evaluate(name, a.root)
+        config, overrides, _ = RUNS[name]
+        train_and_evaluate([f"--config=configs/{config}.py:omniglot_background", *overrides],
+                           os.path.join(a.root, name), EVALUATE)
     write_table(a.root, table(a.root, list(RUNS)))
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """The table scripts' way of running `launch.py`: a training run is skipped when its workdir holds a finished run
-(an unfinished one resumes), and its wall time is kept beside it in train_seconds.json."""
+(an unfinished one resumes), its wall time is kept beside it in train_seconds.json, and its evaluation is
+skipped when its report exists."""
 
 from __future__ import annotations
 
@@ -36,6 +37,14 @@ def train(args: list[str], workdir: str) -> None:
     launch([*args, f"--workdir={workdir}"])
     with open(os.path.join(workdir, "train_seconds.json"), "w") as f:
         json.dump({"seconds": time.perf_counter() - start}, f)
+
+
+def train_and_evaluate(args: list[str], workdir: str, evaluate: list[str]) -> None:
+    """`train`, then the same command with `evaluate` (--mode=evaluate and its settings) unless the workdir
+    already holds its report."""
+    train(args, workdir)
+    if not os.path.exists(os.path.join(workdir, "report", "report.json")):
+        launch([*args, f"--workdir={workdir}", *evaluate])
 
 
 def training_minutes(workdir: str) -> str:

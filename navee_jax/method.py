@@ -73,6 +73,12 @@ class Method(abc.ABC):
               steps_per_epoch: int) -> Trainer:
         """The trainer for the training images `split.train` of `catalogue`; epochs of `steps_per_epoch`."""
 
+    def own_report(self, config: ml_collections.ConfigDict) -> Callable[..., dict] | None:
+        """`--mode=evaluate`'s report when this method is not scored as an embedding of held-out classes (e.g. a
+        classifier on its own classes): (config, catalogue, split, workdir, checkpoint) -> results; None: the
+        held-out report every embedding gets."""
+        return None
+
     def recognition_problem(self, config: ml_collections.ConfigDict) -> str | None:
         """Why a workdir trained with this method cannot serve recognition (None: it can)."""
         return None

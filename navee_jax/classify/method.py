@@ -7,6 +7,8 @@ evaluated on the held-out classes like any embedding."""
 
 from __future__ import annotations
 
+from typing import Callable
+
 import jax
 import ml_collections
 from flax import nnx
@@ -59,6 +61,13 @@ class Classifier(Method):
 
     def images_per_step(self, config: ml_collections.ConfigDict) -> int:
         return config.sampler.batch_size
+
+    def own_report(self, config: ml_collections.ConfigDict) -> Callable[..., dict] | None:
+        if config.split.mode != "stratified":
+            return None  # an embedding of held-out classes, reported like any other
+        from navee_jax.classify.report import write_classifier_report
+
+        return write_classifier_report
 
     def recognition_problem(self, config: ml_collections.ConfigDict) -> str | None:
         return ("it holds a classifier, whose outputs are its training classes' logits, not an embedding of new "

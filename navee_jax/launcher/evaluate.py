@@ -95,13 +95,12 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, checkpoint: st
     unknown = [b for b in config.eval.baselines if b not in BASELINES]
     if unknown:
         raise UserError(f"eval.baselines: {unknown} unknown; available: {sorted(BASELINES)}")
-    if method_of(config).name == "classifier" and config.split.mode == "stratified":  # its own classes' accuracy
-        from navee_jax.classify.report import write_classifier_report
-
+    own_report = method_of(config).own_report(config)  # e.g. a classifier's accuracy on its own classes
+    if own_report is not None:
         if checkpoint == NO_CHECKPOINT:
-            raise UserError("--checkpoint=none: a classifier's report needs its trained checkpoint")
+            raise UserError(f"--checkpoint=none: method={config.method!r} reports on its trained checkpoint only")
         catalogue, split = prepare_data(config)
-        return write_classifier_report(config, catalogue, split, workdir, checkpoint)
+        return own_report(config, catalogue, split, workdir, checkpoint)
     setup = build_setup(config)
     catalogue, split, trainer = setup.catalogue, setup.split, setup.trainer
     support_labels, query_labels = catalogue.labels[split.support], catalogue.labels[split.query]
