@@ -242,7 +242,7 @@ def test_on_a_few_shot_split_the_classifier_is_evaluated_on_its_normalised_backb
     from flax import nnx
 
     from configs import classifier
-    from navee_jax.classify.method import build_classifier
+    from navee_jax.classify.network import build_classifier
     from navee_jax.embed import image_normalizer
     from navee_jax.evaluate.heldout import HeldoutEvaluator
     from navee_jax.launcher.train import build_setup

@@ -15,6 +15,7 @@ from flax import nnx
 
 from navee_jax.backend import cpu_tuned
 from navee_jax.classify.evaluator import ClassificationEvaluator
+from navee_jax.classify.network import build_classifier
 from navee_jax.data.catalogue import Catalogue
 from navee_jax.data.pipeline import shuffled_batches
 from navee_jax.data.splits import Split
@@ -24,21 +25,11 @@ from navee_jax.errors import UserError
 from navee_jax.evaluate.heldout import HeldoutEvaluator
 from navee_jax.losses.cross_entropy import classification_loss
 from navee_jax.method import Method, Trainer, register_method
-from navee_jax.models import build_model
-from navee_jax.models.embedding import EmbeddingNet
 from navee_jax.sharding import check_divisible, replicated
 from navee_jax.train.step import init_train_state, make_train_step
 from navee_jax.train_state import make_optimizer, make_schedule
 
 LOSS_NAME = "softmax_cross_entropy"
-
-
-def build_classifier(config: ml_collections.ConfigDict, num_classes: int, rngs: nnx.Rngs,
-                     tuned_for_cpu: bool = False) -> EmbeddingNet:
-    """`config.model`'s backbone (and pretrained weights) with a linear head of `num_classes` logits."""
-    model_cfg = ml_collections.ConfigDict(config.model.to_dict())
-    model_cfg.embed_dim, model_cfg.normalize = num_classes, False
-    return build_model(model_cfg, rngs, config.data.image_size, cpu_tuned=tuned_for_cpu)
 
 
 class Classifier(Method):

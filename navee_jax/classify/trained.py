@@ -15,6 +15,7 @@ from flax import nnx
 from scipy.special import softmax
 
 from navee_jax.checkpoints import load_weights_into, restore_arrays
+from navee_jax.classify.network import build_classifier
 from navee_jax.data.catalogue import Catalogue
 from navee_jax.data.pipeline import eval_batches
 from navee_jax.embed import embed_in_batches, image_normalizer, make_embed_fn
@@ -45,8 +46,6 @@ class TrainedClassifier:
     @classmethod
     def load(cls, workdir: str, checkpoint: str = "best") -> TrainedClassifier:
         """From a `method='classifier'` workdir; "best" is the best validation accuracy."""
-        from navee_jax.classify.method import build_classifier
-
         config = read_config(workdir)
         if config.method != "classifier":
             raise UserError(f"workdir {workdir!r} was trained with method={config.method!r}, not 'classifier'")
