@@ -100,6 +100,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.split.heldout_groups = ()  # mode 'groups', by name; () = draw num_heldout_groups
     c.split.num_heldout_groups = 1
     c.split.partial_group = ""  # mode 'partial': the seen group that gives up num_heldout_classes classes
+    c.split.train_groups = ()  # modes 'groups' / 'partial': only these groups train; () = every group not held out
     c.split.support_fraction = 0.5  # of each held-out class's images; the rest are queries ...
     c.split.support_count = 0  # ... unless this is > 0: that many support images per class (e.g. 5 shots)
     c.split.min_images_per_class = 2  # smaller held-out classes are reported as unused
@@ -119,6 +120,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     # resnet*: the last feature map averaged over a pool_grid x pool_grid grid of regions and flattened (the
     # spatial layout HOG keeps; 1 = global average pooling, the papers')
     c.model.pool_grid = 1
+    # resnet*: the stages kept (4 = the whole network); fewer end on an earlier, larger feature map, e.g. 3 with
+    # pool_grid=4 keeps the third stage's 4x4 map of a 64x64 image (docs/fashion.md)
+    c.model.num_stages = 4
     c.model.tta_shift_px = 0  # > 0: evaluation embeds each image as the mean over its 9 shifts by {-px, 0, px}^2
     c.model.frozen_batchnorm = False  # True: BatchNorm keeps its stored statistics during training
     c.model.frozen_stages = ()  # backbone stages that do not train, e.g. ("conv1", "bn1", "layer1"): weights and BN

@@ -122,6 +122,19 @@ def test_converted_torchvision_weights_give_torchvisions_outputs(tmp_path):
     actual = np.asarray(model(x.transpose(0, 2, 3, 1)))
     assert np.abs(actual - expected).max() / np.abs(expected).max() <= 1e-4  # relative error
 
+    # model.num_stages=3: the same weights without layer4 (skipped, as a headless model skips fc), the output of
+    # torchvision's third stage averaged over space.
+    t = torch_model
+    with torch.no_grad():
+        stage3 = t.layer3(t.layer2(t.layer1(t.maxpool(t.relu(t.bn1(t.conv1(torch.from_numpy(x))))))))
+    expected = stage3.mean(dim=(2, 3)).numpy()
+    three = resnet18(rngs=nnx.Rngs(0), num_stages=3)
+    assert sorted(load_pretrained(three, src)) == sorted(n for n in torch_shapes(_resnet18(0)) if "layer4" not in n)
+    three.eval()
+    actual = np.asarray(three(x.transpose(0, 2, 3, 1)))
+    assert actual.shape == (2, 256)
+    assert np.abs(actual - expected).max() / np.abs(expected).max() <= 1e-4
+
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_cli_names_the_misshapen_tensor(tmp_path, fmt):

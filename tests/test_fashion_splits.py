@@ -104,3 +104,26 @@ def test_partial_split_holds_out_classes_of_a_group_that_trains(root, label):
     assert held <= apparel
     other = make_split(cat, _split_cfg(mode="partial", partial_group="Apparel", num_heldout_classes=2), seed=3)
     assert other.heldout_classes == split.heldout_classes  # seeded
+
+
+def test_train_groups_trains_one_group_only(root):
+    """split.train_groups (the study's figure 30): only Footwear trains; Apparel's images are untrained, listed,
+    and the held-out set is the one of the split that trains on every group."""
+    cat = styles_catalogue(str(root), label_column="articleType", group_column="masterCategory")
+    every = make_split(cat, _split_cfg(mode="groups", heldout_groups=("Accessories",), num_heldout_groups=0), 0)
+    one = make_split(cat, _split_cfg(mode="groups", heldout_groups=("Accessories",), num_heldout_groups=0,
+                                     train_groups=("Footwear",)), 0)
+    groups = np.array(cat.groups)
+    assert set(groups[one.train]) == {"Footwear"} and set(groups[one.untrained]) == {"Apparel"}
+    np.testing.assert_array_equal(np.sort(np.concatenate([one.train, one.untrained])), every.train)
+    np.testing.assert_array_equal(one.support, every.support)
+    np.testing.assert_array_equal(one.query, every.query)
+    sides = [*_sides(cat, one), {cat.paths[i] for i in one.untrained}]
+    assert sum(map(len, sides)) == len(cat.paths) == len(set().union(*sides))
+    listed = one.to_json(cat)
+    rows = csv.DictReader(io.StringIO((root / "styles.csv").read_text()))
+    apparel = sum(r["masterCategory"] == "Apparel" for r in rows)
+    assert listed["counts"]["untrained"] == len(listed["untrained"]) == apparel
+    with pytest.raises(UserError, match=r"split.train_groups: \['Accessories'\] not among the groups that can train"):
+        make_split(cat, _split_cfg(mode="groups", heldout_groups=("Accessories",), num_heldout_groups=0,
+                                   train_groups=("Accessories",)), 0)

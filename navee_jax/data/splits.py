@@ -18,7 +18,7 @@ from navee_jax.errors import UserError
 
 
 # The parts of a split, which partition the catalogue.
-PARTS = ("train", "support", "query", "unused", "excluded_duplicates")
+PARTS = ("train", "support", "query", "unused", "excluded_duplicates", "untrained")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +34,8 @@ class Split:
     heldout_classes: tuple[str, ...]
     # split.mode='stratified': the classes of a single image, which train but have no test image
     untested_classes: tuple[str, ...] = ()
+    # images of the training classes outside split.train_groups (training on one group only: the study's figure 30)
+    untrained: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
 
     # split.mode='stratified' has no held-out classes: its evaluation images are of the training classes, the
     # validation part (choosing checkpoints and k) in `support` and the test part in `query`.
@@ -145,6 +147,23 @@ def _excluded_duplicates(catalogue: Catalogue, heldout: np.ndarray) -> np.ndarra
     return np.array(excluded, dtype=np.int64)
 
 
+def _in_train_groups(catalogue: Catalogue, candidates: np.ndarray, train_groups: tuple[str, ...]
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(train, untrained): the `candidates` of `train_groups` and the others; all train when it is ()."""
+    if not train_groups:
+        return candidates, np.zeros(0, np.int64)
+    if catalogue.groups is None:
+        raise UserError(f"split.train_groups={train_groups} needs groups, but source {catalogue.name!r} has none; "
+                        f"set data.group_column (or data.group_level), or ()")
+    groups = np.asarray(catalogue.groups)
+    known = sorted(set(groups[candidates].tolist()))
+    missing = [g for g in train_groups if g not in known]
+    if missing:
+        raise UserError(f"split.train_groups: {missing} not among the groups that can train {known[:20]}")
+    keep = np.isin(groups[candidates], train_groups)
+    return candidates[keep], candidates[~keep]
+
+
 def make_split(catalogue: Catalogue, cfg: ml_collections.ConfigDict, seed: int) -> Split:
     """Held-out classes (see `heldout_classes`), each cut into support and query; the rest trains.
 
@@ -157,6 +176,9 @@ def make_split(catalogue: Catalogue, cfg: ml_collections.ConfigDict, seed: int) 
     number of images (`support_count` or `support_fraction`, counted in images, as `min_images_per_class`
     is), leaving at least one group for query. A class of a single content group is unused. Without
     duplicates every group is one image, and the split is the one of a catalogue without content ids.
+
+    With `train_groups`, only the images of those groups train; the rest of the training classes' images are
+    `untrained` (counted and listed in splits.json).
     """
     if cfg.mode == "stratified":
         return stratified_split(catalogue, cfg, seed)
@@ -164,7 +186,7 @@ def make_split(catalogue: Catalogue, cfg: ml_collections.ConfigDict, seed: int) 
     heldout = heldout_classes(catalogue, cfg, rng)
     heldout_ids = catalogue.class_indices(heldout)
     is_heldout = np.isin(catalogue.labels, heldout_ids)
-    train = np.flatnonzero(~is_heldout)
+    train, untrained = _in_train_groups(catalogue, np.flatnonzero(~is_heldout), tuple(cfg.get("train_groups", ())))
     excluded = _excluded_duplicates(catalogue, is_heldout)
     evaluable = is_heldout.copy()
     evaluable[excluded] = False
@@ -192,7 +214,7 @@ def make_split(catalogue: Catalogue, cfg: ml_collections.ConfigDict, seed: int) 
         return np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
 
     split = Split(train=train, support=join(support), query=join(query), unused=join(unused),
-                  excluded_duplicates=excluded, heldout_classes=heldout)
+                  excluded_duplicates=excluded, heldout_classes=heldout, untrained=untrained)
     _check_partition(split, len(catalogue))
     if len(split.support) == 0:
         raise UserError(f"split: no held-out class has >= {max(2, cfg.min_images_per_class)} images; "

@@ -145,6 +145,7 @@ RULES: dict[str, Rule] = {
     "split.heldout_groups": tuple_of(text(), example="('Greek',)"),
     "split.num_heldout_groups": integer(0),
     "split.partial_group": text(),
+    "split.train_groups": tuple_of(text(), example="('Apparel',)"),
     "split.support_fraction": number(0, 1),  # strictly inside unless split.support_count is set: CROSS
     "split.support_count": integer(0),  # 0 = use support_fraction
     "split.test_fraction": number(0, 1, lo_open=True, hi_open=True),  # each class keeps a test and a train image
@@ -163,6 +164,7 @@ RULES: dict[str, Rule] = {
     "model.normalize": BOOL,
     "model.tta_shift_px": integer(0),  # pixels of the resized image; below half of it (CROSS)
     "model.pool_grid": integer(1),  # a divisor of the last feature map's side (checked when the model runs)
+    "model.num_stages": integer(1, 4),  # resnet* (CROSS)
     "model.frozen_batchnorm": BOOL,
     "model.frozen_stages": tuple_of(text(), example="('conv1', 'bn1', 'layer1')"),  # names checked in CROSS
     "model.head_batchnorm": BOOL,
@@ -338,6 +340,8 @@ CROSS: list[tuple[str, Callable[[ml_collections.ConfigDict], str | None]]] = [
      f"data.source={c.data.source!r} needs the feature that names the class, e.g. 'label'"),
     ("split.mode", _group_source),  # data.splits.heldout_classes would say so once the data has loaded
     ("split.num_heldout_classes", _drawn_classes),
+    ("split.train_groups", lambda c: None if not c.split.train_groups or c.split.mode != "stratified" else
+     "chooses the groups whose images train, but split.mode='stratified' tests every class: set ()"),
     ("split.num_heldout_groups", lambda c: None if c.split.num_heldout_groups >= 1 or c.split.mode != "groups"
      or c.split.heldout_groups else "must be >= 1 with split.mode='groups' and split.heldout_groups=() "
                                     "(that many groups are drawn)"),
@@ -354,6 +358,8 @@ CROSS: list[tuple[str, Callable[[ml_collections.ConfigDict], str | None]]] = [
      f"than half of data.image_size"),
     ("model.pool_grid", lambda c: None if c.model.pool_grid == 1 or c.model.backbone.startswith("resnet") else
      f"pools a ResNet's last feature map over a grid, but model.backbone={c.model.backbone!r}: use 1"),
+    ("model.num_stages", lambda c: None if c.model.num_stages == 4 or c.model.backbone.startswith("resnet") else
+     f"leaves out a ResNet's top stages, but model.backbone={c.model.backbone!r}: use 4"),
     ("model.block_widths", lambda c: None if not c.model.block_widths or c.model.backbone == "conv4" else
      f"sets conv4's blocks, but model.backbone={c.model.backbone!r}: use model.width, or () here"),
     ("data.image_size", _min_image_size),

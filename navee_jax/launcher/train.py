@@ -81,7 +81,9 @@ def prepare_data(config: ml_collections.ConfigDict) -> tuple[Catalogue, Split]:
     print(f"data: {catalogue.name}: {len(catalogue)} images, {len(catalogue.class_names)} classes; "
           f"train {len(split.train)} images / {n_train_classes} classes; held out {named}: "
           f"{len(split.support)} support / {len(split.query)} query" +
-          (f" / {len(split.unused)} unused (classes too small)" if len(split.unused) else ""))
+          (f" / {len(split.unused)} unused (classes too small)" if len(split.unused) else "") +
+          (f"; {len(split.untrained)} images of other groups than split.train_groups do not train"
+           if len(split.untrained) else ""))
     if rotations:
         print(f"data: the training classes include each one rotated by {rotations} degrees (held-out classes "
               f"are never rotated)")

@@ -41,7 +41,7 @@ def build_model(cfg: ml_collections.ConfigDict, rngs: nnx.Rngs, image_size: int,
     if cfg.backbone == "conv4":
         kwargs["block_widths"] = tuple(cfg.block_widths)
     if cfg.backbone.startswith("resnet"):
-        kwargs["pool_grid"] = cfg.get("pool_grid", 1)
+        kwargs["pool_grid"], kwargs["num_stages"] = cfg.get("pool_grid", 1), cfg.get("num_stages", 4)
     if cfg.backbone.startswith("vgg"):
         kwargs["remove_top_layers"] = cfg.remove_top_layers
     backbone = BACKBONES[cfg.backbone](width=cfg.width, rngs=rngs, **kwargs)

@@ -129,10 +129,13 @@ def _to_flax_layout(model: nnx.Module, name: str, array: np.ndarray) -> np.ndarr
 
 
 def _absent_head(model: nnx.Module, name: str) -> bool:
-    """Whether `name` belongs to a top layer the model was built without: the fc of a headless ResNet,
-    the classifier entries dropped by VGG's remove_top_layers. Their tensors are skipped, not errors,
-    so that full ImageNet weights load into a feature extractor."""
+    """Whether `name` belongs to a top layer the model was built without: the fc of a headless ResNet, the
+    stages past a ResNet's num_stages, the classifier entries dropped by VGG's remove_top_layers. Their tensors
+    are skipped, not errors, so that full ImageNet weights load into a feature extractor."""
     if isinstance(model, ResNet):
+        stage = re.match(r"layer(\d+)\.", name)
+        if stage is not None and model.num_stages < int(stage[1]) <= 4:  # torchvision's ResNets have 4 stages
+            return True
         return model.fc is None and name.startswith("fc.")
     if isinstance(model, VGG):
         match = re.match(r"classifier\.(\d+)\.", name)

@@ -123,9 +123,11 @@ def grid_average_pool(x: jax.Array, grid: int) -> jax.Array:
 
 
 class ResNet(nnx.Module):
-    """Stem (7x7/2 conv, 3x3/2 max-pool), four stages, global average pool, optional classifier.
+    """Stem (7x7/2 conv, 3x3/2 max-pool), one stage per entry of `blocks_per_stage`, global average pool (or
+    `pool_grid` regions), optional classifier.
 
-    Returns (N, out_features): the pooled features (8 * width * block.expansion) when
+    Returns (N, out_features): the pooled features (2**(stages - 1) * width * block.expansion * pool_grid**2;
+    8 * width * block.expansion for four stages and global pooling) when
     `num_classes` is 0, which is how few-shot embeddings use it, or the logits of an `fc` layer
     when `num_classes` > 0, which makes the full torchvision model (e.g. 1000 ImageNet classes)
     and its converted weights comparable.
@@ -160,15 +162,23 @@ class ResNet(nnx.Module):
         return x if self.fc is None else self.fc(x)
 
 
+def _stages(blocks_per_stage: tuple[int, ...], num_stages: int) -> tuple[int, ...]:
+    if not 1 <= num_stages <= len(blocks_per_stage):
+        raise UserError(f"model.num_stages={num_stages}: a ResNet has 1 to {len(blocks_per_stage)} stages")
+    return blocks_per_stage[:num_stages]
+
+
 def resnet18(width: int = 64, *, rngs: nnx.Rngs, in_channels: int = 3, num_classes: int = 0,
-             pool_grid: int = 1) -> ResNet:
-    """torchvision resnet18 (`width` 64 is the standard network), headless unless `num_classes` > 0."""
-    return ResNet((2, 2, 2, 2), width, rngs, in_channels, num_classes=num_classes, pool_grid=pool_grid)
+             pool_grid: int = 1, num_stages: int = 4) -> ResNet:
+    """torchvision resnet18 (`width` 64 is the standard network), headless unless `num_classes` > 0; with
+    `num_stages` < 4 its top stages are left out (the features of an earlier stage, a larger map)."""
+    return ResNet(_stages((2, 2, 2, 2), num_stages), width, rngs, in_channels, num_classes=num_classes,
+                  pool_grid=pool_grid)
 
 
 def resnet50(width: int = 64, *, rngs: nnx.Rngs, in_channels: int = 3, num_classes: int = 0,
-             pool_grid: int = 1) -> ResNet:
+             pool_grid: int = 1, num_stages: int = 4) -> ResNet:
     """torchvision resnet50 (`width` 64 is the standard network: 2048 features), headless unless
-    `num_classes` > 0."""
-    return ResNet((3, 4, 6, 3), width, rngs, in_channels, block=Bottleneck, num_classes=num_classes,
-                  pool_grid=pool_grid)
+    `num_classes` > 0; `num_stages` as for resnet18."""
+    return ResNet(_stages((3, 4, 6, 3), num_stages), width, rngs, in_channels, block=Bottleneck,
+                  num_classes=num_classes, pool_grid=pool_grid)
