@@ -31,6 +31,7 @@ from navee_jax.evaluate.records import grid_average  # noqa: E402
 SCHEDULE = ["--config.train.num_epochs=16", "--config.optim.decay_every_epochs=10"]  # x0.1 after 10 of 16
 STAGE2 = ["--config.model.num_stages=2", "--config.model.pool_grid=8", "--config.data.grayscale=True"]
 STAGE2_HOW = "ResNet-18's first two stages, the 8x8 map kept whole, grey input"
+SHORT = ["--config.train.num_epochs=8", "--config.optim.decay_every_epochs=6"]  # x0.1 after 6 of 8
 LONG = ["--config.train.num_epochs=16", "--config.optim.decay_every_epochs=12"]  # x0.1 after 12 of 16
 RUNS = {
     "triplet": ("triplet", SCHEDULE, "batch-hard, P=16 x K=4; Adam 1e-3, x0.1 after 10 epochs; 16 epochs"),
@@ -40,19 +41,16 @@ RUNS = {
     # Product photos are centred on white, and HOG keeps where each gradient is; the same for the network's
     # features (the last 2x2 map kept as 4 regions, `model.pool_grid=2`), and colour, which does not name a type,
     # dropped (`data.grayscale`); 8 epochs, as the run above was best at epoch 9 of 16 on the unseen types.
-    "classifier_grid_gray": ("classifier", ["--config.model.pool_grid=2", "--config.data.grayscale=True",
-                                            "--config.train.num_epochs=8", "--config.optim.decay_every_epochs=6"],
+    "classifier_grid_gray": ("classifier", ["--config.model.pool_grid=2", "--config.data.grayscale=True", *SHORT],
                              "the classifier above with the last feature map pooled over 2x2 regions and grey "
                              "input; x0.1 after 6 epochs; 8 epochs"),
     # Deeper is not better on the unseen types: the third stage's whole 4x4 map (or the second's 8x8) of the run
     # above beat its last stage's 2x2 regions by 3-4 points at 5-way 1-shot; the same trained as the network.
     "classifier_stage3_grid4": ("classifier", ["--config.model.num_stages=3", "--config.model.pool_grid=4",
-                                               "--config.data.grayscale=True", "--config.train.num_epochs=8",
-                                               "--config.optim.decay_every_epochs=6"],
+                                               "--config.data.grayscale=True", *SHORT],
                                 "classifier_grid_gray's recipe on ResNet-18's first three stages, the third's 4x4 "
                                 "map kept whole (`model.num_stages=3`, `model.pool_grid=4`)"),
-    "classifier_stage2_grid8": ("classifier", [*STAGE2, "--config.train.num_epochs=8",
-                                               "--config.optim.decay_every_epochs=6"],
+    "classifier_stage2_grid8": ("classifier", [*STAGE2, *SHORT],
                                 "the same on the first two stages, the second's 8x8 map kept whole"),
     "classifier_stage2_grid8_long": ("classifier", [*STAGE2, *LONG],
                                      "the same, 16 epochs, x0.1 after 12 (the 8-epoch run was still improving)"),
