@@ -3,13 +3,15 @@ both test sets at both granularities (configs/common.py's `fashion_{types,articl
 beside HOG, raw pixels and the untrained network measured by the same code on the same images.
 
     python bench/fashion_table.py [--root runs/fashion] [--only triplet,classifier] [--variants fashion_types_unseen]
+                                  [--mlp]
 
 For each variant and method: `python launch.py --config=configs/<config>.py:<variant>
 --workdir=<root>/<variant>/<method> <its overrides>` (skipped when the workdir holds a finished run; an
 unfinished one resumes), its wall time kept in train_seconds.json; then the same command with `--mode=evaluate`
 and the grid below (skipped when its report exists): retrieval mAP, 5-way 1-/5-shot over 600 episodes, the N x K
 1-NN grid (its heatmap and its average) for the trained network and each baseline. The tables are printed and
-written to <root>/table.md. Needs ../shared/data/fashion_product_images.
+written to <root>/table.md; with --mlp, the standard protocol also with the PCA + MLP classifier (the study's 1-NN
+against PCA + MLP) and its table. Needs ../shared/data/fashion_product_images.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from bench.runs import chosen, train_and_evaluate, training_minutes, write_table  # noqa: E402
+from bench.runs import chosen, launch, train_and_evaluate, training_minutes, write_table  # noqa: E402
 from configs.common import FASHION, FASHION_VARIANTS  # noqa: E402
 from navee_jax.evaluate.records import grid_average  # noqa: E402
 
@@ -56,6 +58,14 @@ RUNS = {
                                      "the same, 16 epochs, x0.1 after 12 (the 8-epoch run was still improving)"),
     "classifier_stage2_grid8_wide": ("classifier", [*STAGE2, "--config.model.width=64", *LONG],
                                      "the same at ResNet-18's full width (64-128 filters: 8,192 features)"),
+    # Shallower again: the first stage's whole 16x16 map; and the two-stage run longer (it was best at its last epoch).
+    "classifier_stage1_grid16": ("classifier", ["--config.model.num_stages=1", "--config.model.pool_grid=16",
+                                                "--config.data.grayscale=True", *LONG],
+                                 "classifier_stage2_grid8_long's recipe on ResNet-18's first stage, its 16x16 map "
+                                 "kept whole (8,192 features)"),
+    "classifier_stage2_grid8_24ep": ("classifier", [*STAGE2, "--config.train.num_epochs=24",
+                                                    "--config.optim.decay_every_epochs=18"],
+                                     "classifier_stage2_grid8_long for 24 epochs, x0.1 after 18"),
     # The study's figure 30: one group trains (Apparel: 5,234 of the 7,404 photos, 33 of the 46 types).
     "classifier_stage2_apparel_only": ("classifier", [*STAGE2, *LONG, "--config.split.train_groups=('Apparel',)"],
                                        "classifier_stage2_grid8_long trained on Apparel only "
@@ -95,6 +105,9 @@ RUNS = {
 BASELINES = ("HOG", "raw pixels", "untrained network")
 EVALUATE = ["--mode=evaluate", "--config.eval.episodes=200", "--config.eval.standard_episodes=600",
             "--config.eval.classifiers=('1nn',)"]
+# --mlp: the study's other classifier beside 1-NN on the standard protocol (a PCA + MLP tuned on each episode's
+# validation queries); the grid, seeded, is the same.
+EVALUATE_MLP = [*EVALUATE[:-1], "--config.eval.classifiers=('1nn', 'mlp')"]
 
 
 def _percent(cell: dict | None) -> str:
@@ -107,16 +120,44 @@ def row(name: str, source: dict, minutes: str = "") -> str:
             f"{_percent(standard.get((5, 5)))} | {_percent(grid_average(source['grid']))} | {minutes} |")
 
 
+def _report(root: str, variant: str, name: str) -> dict | None:
+    path = os.path.join(root, variant, name, "report", "report.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _has_mlp(report: dict | None) -> bool:
+    return report is not None and any(c["classifier"] == "mlp" for source in report["sources"].values()
+                                      for c in source["standard"])
+
+
+def mlp_table(root: str, variant: str) -> list[str]:
+    """1-NN against PCA + MLP at 5-way 1-/5-shot, for every run evaluated with --mlp and its baselines."""
+    lines = [f"### {variant}: 1-NN and PCA + MLP", "", "| features | 1-shot 1-NN | 1-shot PCA+MLP | 5-shot 1-NN | "
+             "5-shot PCA+MLP |", "|---|---|---|---|---|"]
+    for name in RUNS:
+        report = _report(root, variant, name)
+        if not _has_mlp(report):
+            continue
+        for source, results in report["sources"].items():
+            cells = {(c["classifier"], c["shots"]): c for c in results["standard"] if c["ways"] == 5}
+            lines.append(f"| {name}: {source} | " + " | ".join(_percent(cells.get((classifier, shots)))
+                                                                for shots in (1, 5) for classifier in ("1nn", "mlp"))
+                         + " |")
+    return lines + [""] if len(lines) > 4 else []
+
+
 def table(root: str, variant: str) -> list[str]:
     lines = [f"### {variant}", "", "| features | mAP | 5-way 1-shot | 5-way 5-shot | grid average (1-NN) | training |",
              "|---|---|---|---|---|---|"]
     baselines = None
     for name in RUNS:
-        path = os.path.join(root, variant, name, "report", "report.json")
-        if not os.path.exists(path):
+        report = _report(root, variant, name)
+        if report is None:
             continue
-        with open(path) as f:
-            sources = json.load(f)["sources"]
+        sources = report["sources"]
         lines.append(row(f"{name} ({RUNS[name][2]})", sources["trained embedding"],
                          training_minutes(os.path.join(root, variant, name))))
         baselines = baselines or sources
@@ -132,6 +173,8 @@ def main() -> None:
     p.add_argument("--only", default=",".join(RUNS), help="comma-separated methods, of: " + ", ".join(RUNS))
     p.add_argument("--variants", default=",".join(FASHION_VARIANTS), help="comma-separated, of: "
                    + ", ".join(FASHION_VARIANTS))
+    p.add_argument("--mlp", action="store_true", help="evaluate with the PCA + MLP classifier too (a few minutes "
+                   "a run; a report without it is redone) and add the 1-NN against PCA + MLP table")
     a = p.parse_args()
     names, variants = chosen("--only", a.only, RUNS), chosen("--variants", a.variants, FASHION_VARIANTS)
     if not os.path.isdir(FASHION):
@@ -139,9 +182,11 @@ def main() -> None:
     for variant in variants:
         for name in names:
             config, overrides, _ = RUNS[name]
-            train_and_evaluate([f"--config=configs/{config}.py:{variant}", *overrides],
-                               os.path.join(a.root, variant, name), EVALUATE)
-    write_table(a.root, "\n".join(line for v in FASHION_VARIANTS for line in table(a.root, v)))
+            args, workdir = [f"--config=configs/{config}.py:{variant}", *overrides], os.path.join(a.root, variant, name)
+            train_and_evaluate(args, workdir, EVALUATE_MLP if a.mlp else EVALUATE)
+            if a.mlp and not _has_mlp(_report(a.root, variant, name)):
+                launch([*args, f"--workdir={workdir}", *EVALUATE_MLP])
+    write_table(a.root, "\n".join(line for v in FASHION_VARIANTS for line in table(a.root, v) + mlp_table(a.root, v)))
 
 
 if __name__ == "__main__":

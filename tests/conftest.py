@@ -1,9 +1,15 @@
 import os
 import subprocess
 import sys
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+# Dozens of tests run launch.py on the same tiny configs: JAX's persistent compilation cache, shared by the
+# pytest workers and their launch.py subprocesses (which inherit the environment), compiles each step once.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(),
+                                                                f"navee_jax_tests_xla_cache_{os.getuid()}"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 try:  # before anything imports TensorFlow: `import tensorflow` then `import triton` (torchvision pulls it in
     import torchvision  # noqa: F401  through torch._dynamo) segfaults with tensorflow-cpu 2.21 and triton 3.8

@@ -153,6 +153,7 @@ def test_label_levels_are_each_images_own_coarser_labels_and_a_bad_column_lists_
     ("sampler.kind", "pk", "method='classifier' trains on ['shuffled']"),
     ("data.label_levels", ("masterCategory",), "data.label_levels"),
     ("data.rotated_classes", (90,), "split.mode='stratified' cannot score"),
+    ("model.tta_shift_px", 2, "a stratified split's classifier is scored by its logits"),
 ])
 def test_bad_classifier_settings_are_one_line(key, value, message):
     from configs import classifier
@@ -236,9 +237,11 @@ def test_the_studys_hog_has_the_1728_values_it_names():
     np.testing.assert_allclose(got[1], want, rtol=1e-4, atol=1e-5)
 
 
-def test_on_a_few_shot_split_the_classifier_is_evaluated_on_its_normalised_backbone_features():
+@pytest.mark.parametrize("shift", [0, 2])
+def test_on_a_few_shot_split_the_classifier_is_evaluated_on_its_normalised_backbone_features(shift):
     """The classical transfer baseline: trained on the training classes, its embedding of held-out images is
-    the backbone's output (the class head dropped), L2-normalised, and held-out mAP picks its checkpoints."""
+    the backbone's output (the class head dropped), L2-normalised, and held-out mAP picks its checkpoints; with
+    model.tta_shift_px, the normalised mean of the 9 shifted copies' embeddings."""
     from flax import nnx
 
     from configs import classifier
@@ -251,13 +254,24 @@ def test_on_a_few_shot_split_the_classifier_is_evaluated_on_its_normalised_backb
     cfg = classifier.get_config("")
     cfg.split.mode, cfg.split.num_heldout_classes = "classes", 30
     cfg.model.backbone = "conv4"  # at the glyphs' own 32x32
+    cfg.model.tta_shift_px = shift
     check_config(cfg)
     setup = build_setup(cfg)
     assert method_of(cfg).selection(cfg) == ("map", "held-out mAP")
     assert [type(e) for e in setup.trainer.evaluators] == [HeldoutEvaluator]
-    images = jnp.asarray(setup.catalogue.pixels[setup.split.query[:8]], jnp.float32) / 255.0
-    got = np.asarray(setup.trainer.embed_fn(setup.trainer.state, images))
+    pixels = setup.catalogue.pixels[setup.split.query[:8]]
+    got = np.asarray(setup.trainer.embed_fn(setup.trainer.state, jnp.asarray(pixels)))  # uint8, as the pipeline's
     reference = build_classifier(cfg, len(setup.catalogue.class_names), nnx.Rngs(cfg.seed))  # the same init
     reference.eval()
-    features = np.asarray(reference.backbone(image_normalizer(cfg.data, cfg.model.in_channels)(images)))
-    np.testing.assert_allclose(got, features / np.linalg.norm(features, axis=1, keepdims=True), rtol=1e-4, atol=1e-5)
+
+    def normalised_features(px: np.ndarray) -> np.ndarray:
+        x = image_normalizer(cfg.data, cfg.model.in_channels)(jnp.asarray(px))
+        features = np.asarray(reference.backbone(x))
+        return features / np.linalg.norm(features, axis=1, keepdims=True)
+
+    h, w = pixels.shape[1:3]
+    fill = round(255 * cfg.data.fill)
+    padded = np.pad(pixels, ((0, 0), (shift, shift), (shift, shift), (0, 0)), constant_values=fill)
+    want = np.mean([normalised_features(padded[:, shift - dy:shift - dy + h, shift - dx:shift - dx + w])
+                    for dy in {-shift, 0, shift} for dx in {-shift, 0, shift}], axis=0)
+    np.testing.assert_allclose(got, want / np.linalg.norm(want, axis=1, keepdims=True), rtol=1e-4, atol=1e-5)

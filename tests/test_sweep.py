@@ -3,11 +3,16 @@
 import json
 import re
 
+import numpy as np
 import pytest
+from matplotlib.colors import to_rgb
+from PIL import Image
 
 from configs import triplet
 from conftest import TINY, run_launch
 from navee_jax.errors import UserError
+from navee_jax.evaluate import figures
+from navee_jax.evaluate.figures import sweep_curve, sweep_points
 from navee_jax.launcher.sweep import parse_sweep, run_sweep, setting_name, settings
 
 
@@ -53,6 +58,29 @@ def test_run_sweep_trains_each_setting_in_its_own_workdir_and_tabulates(tmp_path
     assert table[0] == "| optim.lr | best held-out mAP | at epoch | final mAP | initial mAP |"
     assert table[2:] == ["| 0.5 | 0.6000 | 1 | 0.0500 | 0.0100 |", "| 0.25 | 0.3500 | 1 | 0.0500 | 0.0100 |"]
     assert json.loads((tmp_path / "sweep.json").read_text())[1]["setting"] == {"optim.lr": 0.25}
+    assert (tmp_path / "sweep.png").is_file()  # one key: its curve
+
+
+def test_sweep_curve_orders_the_settings_and_marks_the_best_where_it_is(tmp_path):
+    values, scores, scale = sweep_points([1e-3, 5e-5, 1e-4], [0.5, 0.3, None])
+    assert values == [5e-5, 1e-4, 1e-3] and scale == "log"
+    np.testing.assert_array_equal(scores, [0.3, np.nan, 0.5])
+    assert sweep_points([2.0, 0.5, 1.0], [0.1, 0.2, 0.3])[2] == "linear"  # a span under 10x
+    assert sweep_points([0, 8, 64], [0.1, 0.2, 0.3])[2] == "linear"  # 0 has no logarithm
+    names = ["resnet18", "koch", ()]
+    assert sweep_points(names, [0.1, 0.2, 0.3])[:1] == (names,) and sweep_points(names, [0, 0, 0])[2] == "categorical"
+
+    def best_marker_x(scores):
+        path = sweep_curve("loss.margin", [0.5, 1.0, 2.0, 4.0], scores, str(tmp_path / "curve.png"))
+        with Image.open(path) as im:
+            px = np.asarray(im.convert("RGB")).astype(int)
+        best = np.round(np.array(to_rgb(figures.BEST_COLOUR)) * 255)
+        cols = np.nonzero((np.abs(px - best) <= 2).all(-1))[1]
+        assert cols.size > 30
+        return np.median(cols)
+
+    left, right = best_marker_x([0.9, 0.5, 0.4, 0.3]), best_marker_x([0.3, 0.4, 0.5, 0.9])
+    assert right - left > 150  # the marker moved with the best setting, from the first to the last tick
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ evaluated on the held-out classes like any embedding."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import jax
@@ -20,7 +21,7 @@ from navee_jax.data.catalogue import Catalogue
 from navee_jax.data.pipeline import shuffled_batches
 from navee_jax.data.splits import Split
 from navee_jax.distances import l2_normalize
-from navee_jax.embed import image_normalizer, make_embed_fn
+from navee_jax.embed import ShiftViews, image_normalizer, make_embed_fn
 from navee_jax.errors import UserError
 from navee_jax.evaluate.heldout import HeldoutEvaluator
 from navee_jax.losses.cross_entropy import classification_loss
@@ -43,9 +44,11 @@ class Classifier(Method):
     def check_config(self, config: ml_collections.ConfigDict) -> None:
         if config.loss.name != LOSS_NAME:
             raise UserError(f"loss.name={config.loss.name!r}: method='classifier' trains {LOSS_NAME!r}")
-        if config.model.head_batchnorm or config.model.tta_shift_px:
-            raise UserError("model.head_batchnorm / model.tta_shift_px: the classifier's head is one linear "
-                            "layer; set them to False / 0")
+        if config.model.head_batchnorm:
+            raise UserError("model.head_batchnorm: the classifier's head is one linear layer; set it to False")
+        if config.model.tta_shift_px and config.split.mode == "stratified":
+            raise UserError("model.tta_shift_px: averages the embedding of held-out classes; a stratified split's "
+                            "classifier is scored by its logits: set it to 0")
 
     def sampler_kinds(self, config: ml_collections.ConfigDict) -> tuple[str, ...]:
         return ("shuffled",)
@@ -78,7 +81,9 @@ class Classifier(Method):
             embed_fn = make_embed_fn(eval_graphdef, mesh, prepare)  # the logits
             evaluators = (ClassificationEvaluator(catalogue, split, config, embed_fn, mesh),)
         else:  # held-out classes have no logit that means anything: their features are the embedding
-            embed_fn = make_embed_fn(eval_graphdef, mesh, prepare, forward=lambda m, x: l2_normalize(m.backbone(x)))
+            shifts = ShiftViews.from_config(config)
+            embed_fn = make_embed_fn(eval_graphdef, mesh, prepare, forward=lambda m, x: l2_normalize(m.backbone(x)),
+                                     shifts=shifts and dataclasses.replace(shifts, renormalize=True))
             evaluators = (HeldoutEvaluator(catalogue, split, config, embed_fn, mesh),)
         return Trainer(
             state=jax.device_put(state, replicated(mesh)),

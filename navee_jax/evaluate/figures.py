@@ -25,6 +25,7 @@ SKIPPED_FACE = "#d9d9d9"  # skipped grid cells: light grey, hatched in a darker 
 SKIPPED_HATCH = "#8c8c8c"
 MAX_CLASSES = 10  # pca_scatter: tab10 has 10 colours; beyond that classes cannot be told apart
 CORRECT_COLOUR, WRONG_COLOUR = "#1a9641", "#d7191c"
+BEST_COLOUR = "#e66101"  # sweep_curve: the best setting
 
 
 def new_figure(width: float, height: float) -> Figure:
@@ -169,6 +170,46 @@ def training_curves(history: Sequence[Mapping], path: str, title: str = "") -> s
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def sweep_points(values: Sequence, scores: Sequence[float | None]) -> tuple[list, np.ndarray, str]:
+    """A one-key sweep's settings in the order to draw them and the x axis's scale: numbers ascending, "log" when
+    all are positive and span a factor of 10 or more (learning rates), else "linear"; anything else (names,
+    tuples) as given, "categorical" (evenly spaced ticks). A setting without a score (None) is NaN."""
+    scores = np.array([np.nan if s is None else s for s in scores], np.float64)
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return list(values), scores, "categorical"
+    order = np.argsort(np.asarray(values, np.float64), kind="stable")
+    ordered = [values[i] for i in order]
+    return ordered, scores[order], "log" if min(ordered) > 0 and max(ordered) >= 10 * min(ordered) else "linear"
+
+
+def sweep_curve(key: str, values: Sequence, scores: Sequence[float | None], path: str, metric: str = "held-out mAP",
+                title: str = "") -> str:
+    """The best `metric` of each setting of a one-key sweep (the study's figures 24-29), the best setting marked
+    in BEST_COLOUR."""
+    if not values:
+        raise ValueError("sweep_curve: no settings")
+    drawn, y, scale = sweep_points(list(values), scores)
+    x = np.arange(len(drawn), dtype=np.float64) if scale == "categorical" else np.asarray(drawn, np.float64)
+    fig = new_figure(5.0, 3.4)
+    ax = fig.add_subplot()
+    ax.plot(x, y, marker="o", color="tab:blue")
+    heading = title or f"{metric} against {key}"
+    if np.isfinite(y).any():
+        best = int(np.nanargmax(y))
+        ax.plot([x[best]], [y[best]], marker="o", markersize=10, color=BEST_COLOUR, linestyle="none")
+        heading += f"\nbest {y[best]:.4f} at {drawn[best]!r}"
+    if scale == "categorical":
+        ax.set_xticks(x, [str(v) for v in drawn], fontsize=7, rotation=15)
+    else:
+        ax.set_xscale(scale)
+    ax.set_xlabel(key)
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    ax.set_title(heading, fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path)
 

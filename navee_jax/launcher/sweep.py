@@ -6,7 +6,8 @@ p_mining, embedding size and unfrozen layers).
       --sweep="optim.lr=[5e-5, 1e-4]" --sweep="loss.margin=[1.0, 2.0]"
 
 runs the 4 settings of the grid (one `--sweep` gives a one-key sweep) into runs/sweep/<setting>/ and
-writes runs/sweep/sweep.md and sweep.json. A sub-run that exists is resumed, so an interrupted sweep
+writes runs/sweep/sweep.md and sweep.json (and, for one key, sweep.png: the best mAP against the
+value, the study's figures 24-29). A sub-run that exists is resumed, so an interrupted sweep
 picks up where it stopped.
 """
 
@@ -111,7 +112,14 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, axes: list[tuple[
     with open(os.path.join(workdir, "sweep.json"), "w") as f:
         json.dump(rows, f, indent=1)
     print(table)
-    print(f"wrote {os.path.join(workdir, 'sweep.md')} and sweep.json")
+    written = "sweep.md and sweep.json"
+    if len(axes) == 1:  # a curve per key, as the study drew them; a grid of several keys is its table
+        from navee_jax.evaluate.figures import sweep_curve
+
+        sweep_curve(axes[0][0], [r["setting"][axes[0][0]] for r in rows], [r[f"best_{key}"] for r in rows],
+                    os.path.join(workdir, "sweep.png"), metric=f"best {title}")
+        written = "sweep.md, sweep.json and sweep.png"
+    print(f"wrote {written} into {workdir}")
     return rows
 
 
