@@ -25,7 +25,7 @@ sys.path.insert(0, REPO)
 from bench.fashion_table import STAGE2  # noqa: E402
 from bench.runs import chosen, launch, train, write_table  # noqa: E402
 from configs.common import FASHION  # noqa: E402
-from navee_jax.launcher.sweep import setting_name  # noqa: E402
+from navee_jax.launcher.sweep import draw_sweep, setting_name  # noqa: E402
 
 CONFIG = "--config=configs/contrastive.py:fashion_types_unseen"
 # The shallow network that matched HOG on the unseen types, 6 epochs (x0.1 after 4): about 2 minutes a setting.
@@ -58,7 +58,9 @@ def sweep(root: str, name: str) -> list[dict]:
     if not os.path.exists(os.path.join(workdir, "sweep.json")):
         launch([*BASE, *extra, f"--workdir={workdir}", f"--sweep={key}={list(values)!r}"])
     with open(os.path.join(workdir, "sweep.json")) as f:
-        return json.load(f)
+        rows = json.load(f)
+    draw_sweep(rows, path=os.path.join(workdir, "sweep.png"))  # redrawn: the figure follows the code
+    return rows
 
 
 def table(rows: dict[str, list[dict]]) -> str:

@@ -82,6 +82,17 @@ def test_sweep_curve_orders_the_settings_and_marks_the_best_where_it_is(tmp_path
     left, right = best_marker_x([0.9, 0.5, 0.4, 0.3]), best_marker_x([0.3, 0.4, 0.5, 0.9])
     assert right - left > 150  # the marker moved with the best setting, from the first to the last tick
 
+    def grey_rows(initial):  # where the dashed grey line of the networks at initialisation is drawn
+        path = sweep_curve("loss.margin", [0.5, 1.0, 2.0, 4.0], [0.2, 0.9, 0.9, 0.9], str(tmp_path / "i.png"),
+                           initial=initial)
+        with Image.open(path) as im:
+            px = np.asarray(im.convert("RGB")).astype(int)
+        rows = np.nonzero((np.abs(px - 128) <= 2).all(-1).sum(axis=1) > 100)[0]  # long grey horizontal runs
+        return rows
+
+    low, high = grey_rows([0.25] * 4), grey_rows([0.85] * 4)
+    assert low.size and high.size and low.mean() - high.mean() > 100  # drawn at its value, below and above
+
 
 @pytest.mark.slow
 def test_a_two_setting_sweep_through_launch_produces_its_table(tmp_path):

@@ -187,16 +187,20 @@ def sweep_points(values: Sequence, scores: Sequence[float | None]) -> tuple[list
 
 
 def sweep_curve(key: str, values: Sequence, scores: Sequence[float | None], path: str, metric: str = "held-out mAP",
-                title: str = "") -> str:
+                title: str = "", initial: Sequence[float | None] | None = None) -> str:
     """The best `metric` of each setting of a one-key sweep (the study's figures 24-29), the best setting marked
-    in BEST_COLOUR."""
+    in BEST_COLOUR; `initial`, each setting's network before training, dashed grey beside it."""
     if not values:
         raise ValueError("sweep_curve: no settings")
     drawn, y, scale = sweep_points(list(values), scores)
     x = np.arange(len(drawn), dtype=np.float64) if scale == "categorical" else np.asarray(drawn, np.float64)
     fig = new_figure(5.0, 3.4)
     ax = fig.add_subplot()
-    ax.plot(x, y, marker="o", color="tab:blue")
+    ax.plot(x, y, marker="o", color="tab:blue", label="trained (best epoch)")
+    if initial is not None:
+        ax.plot(x, sweep_points(list(values), initial)[1], marker=".", color="grey", linestyle="--",
+                label="at initialisation")
+        ax.legend(fontsize=8)
     heading = title or f"{metric} against {key}"
     if np.isfinite(y).any():
         best = int(np.nanargmax(y))

@@ -114,13 +114,20 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, axes: list[tuple[
     print(table)
     written = "sweep.md and sweep.json"
     if len(axes) == 1:  # a curve per key, as the study drew them; a grid of several keys is its table
-        from navee_jax.evaluate.figures import sweep_curve
-
-        sweep_curve(axes[0][0], [r["setting"][axes[0][0]] for r in rows], [r[f"best_{key}"] for r in rows],
-                    os.path.join(workdir, "sweep.png"), metric=f"best {title}")
+        draw_sweep(rows, key, title, os.path.join(workdir, "sweep.png"))
         written = "sweep.md, sweep.json and sweep.png"
     print(f"wrote {written} into {workdir}")
     return rows
+
+
+def draw_sweep(rows: list[dict], key: str = "map", title: str = "held-out mAP", path: str = "sweep.png") -> str:
+    """A one-key sweep's rows (as sweep.json holds them) as a curve: the best `key` of each setting against its
+    value, and the network at initialisation beside it."""
+    from navee_jax.evaluate.figures import sweep_curve
+
+    (name,) = rows[0]["setting"]
+    return sweep_curve(name, [r["setting"][name] for r in rows], [r[f"best_{key}"] for r in rows], path,
+                       metric=f"best {title}", initial=[r[f"initial_{key}"] for r in rows])
 
 
 def sweep_table(rows: list[dict], key: str = "map", title: str = "held-out mAP") -> str:
