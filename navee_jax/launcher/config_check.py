@@ -30,6 +30,7 @@ from navee_jax.evaluate.fewshot import CLASSIFIERS
 from navee_jax.distances import METRICS
 from navee_jax.losses.triplet import MINERS
 from navee_jax.models import BACKBONES, COMPUTE_DTYPES
+from navee_jax.models.vit import SIZES, VIT_BACKBONES, VIT_SIZES
 from navee_jax.models.conv4 import NUM_BLOCKS
 from navee_jax.models.koch import _CONVS as KOCH_CONVS
 from navee_jax.models.vgg import _VGG16, CLASSIFIER_LAYERS
@@ -267,6 +268,11 @@ def _min_image_size(c: ml_collections.ConfigDict) -> str | None:
     need = MIN_IMAGE_SIZE.get(c.model.backbone, 1)
     if c.data.image_size < need:
         return f"model.backbone={c.model.backbone!r} needs images of >= {need} pixels a side"
+    if c.model.backbone in VIT_BACKBONES:
+        patch = SIZES[VIT_SIZES[c.model.backbone]]["patch_size"]
+        if c.data.image_size % patch:
+            return (f"model.backbone={c.model.backbone!r} cuts images into {patch}x{patch} patches: data.image_size="
+                    f"{c.data.image_size} is not a multiple of {patch}")
     if "HOG" in c.eval.baselines and c.data.image_size < 2:
         return "the 'HOG' baseline of eval.baselines needs images of >= 2 pixels a side"
     return None

@@ -13,10 +13,12 @@ from navee_jax.models.embedding import EmbeddingNet
 from navee_jax.models.koch import koch
 from navee_jax.models.resnet import resnet18, resnet50
 from navee_jax.models.vgg import vgg16, vgg16_bn
+from navee_jax.models.vit import VIT_BACKBONES
 
 BACKBONES = {"resnet18": resnet18, "resnet50": resnet50, "conv4": conv4, "koch": koch, "vgg16": vgg16,
-             "vgg16_bn": vgg16_bn}
-_SIZED = ("conv4", "koch")  # flattened outputs: the input size fixes the feature size at construction
+             "vgg16_bn": vgg16_bn, **VIT_BACKBONES}
+# Built for one input size: flattened outputs (its feature size), a ViT's position grid.
+_SIZED = ("conv4", "koch", *VIT_BACKBONES)
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -44,8 +46,11 @@ def build_model(cfg: ml_collections.ConfigDict, rngs: nnx.Rngs, image_size: int,
         kwargs["pool_grid"], kwargs["num_stages"] = cfg.get("pool_grid", 1), cfg.get("num_stages", 4)
     if cfg.backbone.startswith("vgg"):
         kwargs["remove_top_layers"] = cfg.remove_top_layers
-    backbone = BACKBONES[cfg.backbone](width=cfg.width, rngs=rngs, **kwargs)
-    if cfg.pretrained:
+    if cfg.backbone in VIT_BACKBONES and cfg.pretrained:
+        backbone = _pretrained_vit(cfg, rngs)
+    else:
+        backbone = BACKBONES[cfg.backbone](width=cfg.width, rngs=rngs, **kwargs)
+    if cfg.pretrained and cfg.backbone not in VIT_BACKBONES:
         from navee_jax.models.convert import load_pretrained
 
         load_pretrained(backbone, cfg.pretrained)
@@ -55,3 +60,23 @@ def build_model(cfg: ml_collections.ConfigDict, rngs: nnx.Rngs, image_size: int,
     if cpu_tuned:
         tune_for_cpu(backbone)
     return EmbeddingNet(backbone, cfg.embed_dim, cfg.normalize, cfg.head_batchnorm, rngs=rngs)
+
+
+def _pretrained_vit(cfg: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
+    """A ViT of `cfg.backbone`'s size from a transformers model directory (CLIP, DINOv2, SigLIP)."""
+    import os
+
+    from navee_jax.models.hf_vit import load_hf_vit
+    from navee_jax.models.vit import matches_size
+
+    if not os.path.isdir(cfg.pretrained):
+        raise UserError(f"model.pretrained={cfg.pretrained!r}: a ViT loads a transformers model directory "
+                        f"(config.json + *.safetensors, as save_pretrained writes it)")
+    family, model = load_hf_vit(cfg.pretrained, rngs=rngs)
+    if not matches_size(model.spec, cfg.backbone):
+        s = model.spec
+        raise UserError(f"model.pretrained={cfg.pretrained!r} is a {family} ViT of patch {s.patch_size}, width {s.dim} "
+                        f"and depth {s.depth}, not a {cfg.backbone}: set model.backbone to its size")
+    if cfg.in_channels != 3:
+        raise UserError(f"model.in_channels={cfg.in_channels}: pretrained ViTs take 3-channel images")
+    return model
