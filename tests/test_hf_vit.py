@@ -3,6 +3,7 @@ DINOv2 (with and without registers) and SigLIP vision towers saved as safetensor
 their own input size and at another one (position embeddings resized as `interpolate_pos_encoding` does)."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -115,3 +116,21 @@ def test_model_pretrained_loads_a_tower_of_the_backbones_size_and_refuses_anothe
     cfg.backbone = "vit_b16"
     with pytest.raises(UserError, match="is a clip ViT of patch 16, width 384 and depth 12, not a vit_b16"):
         build_model(cfg, nnx.Rngs(0), image_size=64)
+
+
+def test_a_pretrained_towers_normalisation_is_required_of_the_config(tmp_path):
+    from configs import triplet
+    from navee_jax.launcher.config_check import check_config
+    from navee_jax.models.hf_vit import NORMALIZATION
+
+    _reference("clip").save_pretrained(tmp_path, safe_serialization=True)
+    cfg = triplet.get_config("digits")
+    cfg.model.backbone, cfg.model.pretrained, cfg.data.image_size = "vit_s16", str(tmp_path), 32
+    with pytest.raises(UserError, match=re.escape("normalised with mean (0.48145466, 0.4578275, 0.40821073)")):
+        check_config(cfg)  # ImageNet's, the config's default
+    cfg.data.mean, cfg.data.std = NORMALIZATION["clip"]
+    check_config(cfg)
+    # The directory's own image processor, when it has one, says which.
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5] * 3, "image_std": [0.5] * 3}))
+    with pytest.raises(UserError, match=re.escape("--config.data.mean='(0.5, 0.5, 0.5)'")):
+        check_config(cfg)

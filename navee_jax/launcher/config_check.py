@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from typing import Any, Callable, Iterator
 
 import ml_collections
@@ -264,6 +265,16 @@ def _drawn_classes(c: ml_collections.ConfigDict) -> str | None:
     return None
 
 
+def _pretrained_normalization(c: ml_collections.ConfigDict) -> str | None:
+    """A transformers ViT sees images normalised as its own training's were (the gallery fingerprint keeps
+    data.mean / data.std, so the choice travels with every embedding)."""
+    if c.model.backbone not in VIT_BACKBONES or not os.path.isfile(os.path.join(c.model.pretrained, "config.json")):
+        return None
+    from navee_jax.models.hf_vit import normalization_problem
+
+    return normalization_problem(c.model.pretrained, tuple(c.data.mean), tuple(c.data.std))
+
+
 def _min_image_size(c: ml_collections.ConfigDict) -> str | None:
     need = MIN_IMAGE_SIZE.get(c.model.backbone, 1)
     if c.data.image_size < need:
@@ -369,6 +380,7 @@ CROSS: list[tuple[str, Callable[[ml_collections.ConfigDict], str | None]]] = [
     ("model.block_widths", lambda c: None if not c.model.block_widths or c.model.backbone == "conv4" else
      f"sets conv4's blocks, but model.backbone={c.model.backbone!r}: use model.width, or () here"),
     ("data.image_size", _min_image_size),
+    ("data.mean", _pretrained_normalization),
     ("method", _method_settings),
     ("model.frozen_stages", _frozen_stages),  # last: it builds the (abstract) network from the checked keys
 ]

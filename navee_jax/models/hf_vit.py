@@ -31,6 +31,10 @@ FAMILIES = {"clip": "clip", "clip_vision_model": "clip", "dinov2": "dinov2", "di
 _IGNORED = re.compile(r"^(text_model\.|text_projection\.|logit_scale|logit_bias|embeddings\.mask_token$|"
                       r".*position_ids$)")
 _LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias"}
+# Each family's normalisation when the directory has no preprocessor_config.json (its image processor's defaults).
+NORMALIZATION = {"clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+                 "dinov2": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+                 "siglip": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))}
 
 
 def hf_spec(config: Mapping[str, Any], has_projection: bool) -> tuple[str, ViTSpec]:
@@ -58,6 +62,34 @@ def hf_spec(config: Mapping[str, Any], has_projection: bool) -> tuple[str, ViTSp
     else:
         spec = ViTSpec(**common, class_token=False, pooling="map" if vision.get("vision_use_head", True) else "mean")
     return family, spec
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: not a readable JSON file ({e})") from None
+
+
+def normalization_problem(directory: str, mean: tuple[float, ...], std: tuple[float, ...]) -> str | None:
+    """Why images normalised with (mean, std) are not the ones the directory's model was trained on (its
+    preprocessor_config.json, else its family's), or None."""
+    config = _read_json(os.path.join(directory, "config.json"))
+    family = FAMILIES.get(config.get("model_type", ""))
+    if family is None:
+        return None  # load_hf_vit names the model type
+    processor = os.path.join(directory, "preprocessor_config.json")
+    want_mean, want_std = NORMALIZATION[family]
+    if os.path.isfile(processor):
+        p = _read_json(processor)
+        want_mean, want_std = tuple(p.get("image_mean", want_mean)), tuple(p.get("image_std", want_std))
+    if np.allclose(mean, want_mean, atol=1e-4) and np.allclose(std, want_std, atol=1e-4):
+        return None
+    fmt = ", ".join
+    return (f"{directory} holds a {family} model trained on images normalised with mean ({fmt(map(str, want_mean))}) "
+            f"and std ({fmt(map(str, want_std))}): set --config.data.mean='({fmt(map(str, want_mean))})' "
+            f"--config.data.std='({fmt(map(str, want_std))})'")
 
 
 def hf_name(family: str, path: tuple[Any, ...]) -> str | tuple[str, int]:
@@ -139,8 +171,7 @@ def load_hf_vit(directory: str, *, rngs: nnx.Rngs | None = None) -> tuple[str, V
     config_path = os.path.join(directory, "config.json")
     if not os.path.isfile(config_path):
         raise UserError(f"{directory}: no config.json (a directory written by transformers' save_pretrained)")
-    with open(config_path) as f:
-        config = json.load(f)
+    config = _read_json(config_path)
     tensors = read_safetensors(directory)
     family, spec = hf_spec(config, has_projection="visual_projection.weight" in tensors)
     model = ViT(spec, rngs=rngs or nnx.Rngs(0))
