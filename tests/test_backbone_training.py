@@ -62,16 +62,20 @@ def test_every_backbone_trains_with_the_triplet_loss(backbone, width, size, extr
     assert np.mean(losses[-3:]) < 0.8 * losses[0], losses
 
 
-def test_bfloat16_compute_keeps_float32_parameters_and_follows_float32():
-    cfg32 = _config("resnet18", 4, 16, {})
-    cfg16 = _config("resnet18", 4, 16, {"compute_dtype": "bfloat16"})
-    m32 = build_model(cfg32.model, nnx.Rngs(0), 16)
-    m16 = build_model(cfg16.model, nnx.Rngs(0), 16)
+@pytest.mark.parametrize("backbone, width, size, computed_in_bf16", [
+    ("resnet18", 4, 16, "bf16[8,8,8,4]"),  # the first convolution's output
+    ("vit_s16", 0, 32, "bf16[8,5,384]"),  # the tokens
+])
+def test_bfloat16_compute_keeps_float32_parameters_and_follows_float32(backbone, width, size, computed_in_bf16):
+    cfg32 = _config(backbone, width, size, {})
+    cfg16 = _config(backbone, width, size, {"compute_dtype": "bfloat16"})
+    m32 = build_model(cfg32.model, nnx.Rngs(0), size)
+    m16 = build_model(cfg16.model, nnx.Rngs(0), size)
     m32.eval(), m16.eval()
-    x = jax.random.normal(jax.random.key(1), (8, 16, 16, 3))
-    # The convolutions really run in bf16 ...
+    x = jax.random.normal(jax.random.key(1), (8, size, size, 3))
+    # The network really runs in bf16 ...
     jaxpr = str(jax.make_jaxpr(lambda v: m16(v))(x))
-    assert "conv_general_dilated" in jaxpr and "bf16[8,8,8,4]" in jaxpr
+    assert computed_in_bf16 in jaxpr
     assert "bf16" not in str(jax.make_jaxpr(lambda v: m32(v))(x))
     # ... from the same float32 parameters, to float32 embeddings close to the float32 model's.
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(nnx.state(m16, nnx.Param)))

@@ -190,7 +190,8 @@ class ViT(nnx.Module):
             z = x[:, self.spec.class_token + self.spec.registers:].mean(axis=1)
         else:
             z = self.pool(x)
-        return self.projection(z) if self.projection is not None else z
+        z = self.projection(z) if self.projection is not None else z
+        return z.astype(jnp.float32)  # a bf16 backbone (model.compute_dtype) hands float32 features to the head
 
 
 def _factory(size: str) -> Callable[..., ViT]:
