@@ -128,6 +128,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.model.frozen_stages = ()  # backbone stages that do not train, e.g. ("conv1", "bn1", "layer1"): weights and BN
     c.model.head_batchnorm = False  # BatchNorm on the projection, before the optional L2 normalisation
 
+    c.top = ml_collections.ConfigDict()  # method='top_tune' (configs/top_tune.py)
+    c.top.views = 1  # cached views of each training image: the plain one, then augmented ones
+    c.top.cache_dir = "runs/feature_cache"  # where the frozen backbone's features are kept, one file per key
+
     c.sampler = ml_collections.ConfigDict()
     # pk | pairs | triplets | episodes | tasks | shuffled: what a train batch is (each method / loss names its kinds)
     c.sampler.kind = "pk"

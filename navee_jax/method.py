@@ -91,7 +91,7 @@ class Method(abc.ABC):
 
 
 BUILT_IN = {"metric_learning": "navee_jax.train.method", "maml": "navee_jax.meta.method",
-            "classifier": "navee_jax.classify.method"}
+            "classifier": "navee_jax.classify.method", "top_tune": "navee_jax.toptune.method"}
 _registered: dict[str, Method] = {}
 
 

@@ -84,6 +84,8 @@ BAD: dict[str, list[Any]] = {
     "model.backbone": ["resnet34", Py(None)],
     "model.width": ["0", "-8"],
     "model.tta_shift_px": ["-1", "1.5"],
+    "top.views": ["0", "1.5"],
+    "top.cache_dir": [Py(None), Py(3)],
     "model.pool_grid": ["0", "1.5"],
     "model.num_stages": ["0", "5", "2.5"],
     "model.block_widths": ["(64, 64)", "(64, 64, 0, 64)", "(64, 64, 'a', 64)", Py(64)],

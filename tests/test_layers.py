@@ -19,7 +19,7 @@ LAYERS = (
     ("data, models, losses", ("data", "models", "losses")),
     ("evaluate", ("evaluate",)),
     ("methods", ("train", "meta")),
-    ("methods on the metric-learning step", ("classify",)),
+    ("methods on the metric-learning step", ("classify", "toptune")),
     ("recognize", ("recognize",)),
     ("entry points", ("launcher",)),
 )

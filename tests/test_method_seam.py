@@ -75,7 +75,8 @@ def test_cosine_margin_loss_matches_numpy():
     ("loss.name", "cosine_margn", "config key 'loss.name' = 'cosine_margn': unknown loss 'cosine_margn'; available: "
                                   "['contrastive', 'cosine_margin', 'multi_similarity',"),
     ("method", "simclr",
-     "config key 'method' = 'simclr': unknown method; available: ['classifier', 'maml', 'metric_learning']"),
+     "config key 'method' = 'simclr': unknown method; available: ['classifier', 'maml', 'metric_learning', "
+     "'top_tune']"),
 ])
 def test_unknown_names_list_what_is_registered(tmp_path, cosine_margin, capsys, key, value, message):
     c = _toy_config()

@@ -268,3 +268,12 @@ def eval_batches(catalogue: Catalogue, indices: np.ndarray, data: ml_collections
     ds = tf.data.Dataset.from_tensor_slices(indices.astype(np.int64))
     ds = ds.map(lambda i: load(i, None), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(batch_size)
     return ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+
+
+def augmented_batches(catalogue: Catalogue, indices: np.ndarray, data: ml_collections.ConfigDict, batch_size: int,
+                      aug_seed: int) -> Iterator[np.ndarray]:
+    """Training-augmented uint8 images of `indices`, in order, batched (the last batch may be short): one
+    augmented view of each image, determined by (aug_seed, its position in `indices`)."""
+    images = _image_stream(catalogue, indices, np.arange(len(indices)), aug_seed, data)
+    return images.batch(batch_size).prefetch(tf_module().data.AUTOTUNE).as_numpy_iterator()
+

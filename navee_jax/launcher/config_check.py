@@ -170,6 +170,8 @@ RULES: dict[str, Rule] = {
     "model.frozen_batchnorm": BOOL,
     "model.frozen_stages": tuple_of(text(), example="('conv1', 'bn1', 'layer1')"),  # names checked in CROSS
     "model.head_batchnorm": BOOL,
+    "top.views": integer(1),
+    "top.cache_dir": text(),
     "sampler.kind": one_of(SAMPLER_KINDS),  # which of them the method (and loss) trains on: CROSS
     "sampler.classes_per_batch": integer(1),
     "sampler.images_per_class": integer(1),

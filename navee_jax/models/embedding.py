@@ -20,7 +20,10 @@ class EmbeddingNet(nnx.Module):
         self.normalize = normalize
 
     def __call__(self, images: jax.Array) -> jax.Array:
-        z = self.backbone(images)
+        return self.embed_features(self.backbone(images))
+
+    def embed_features(self, z: jax.Array) -> jax.Array:
+        """The head on backbone features (what top-tuning trains on cached features)."""
         if self.head is not None:
             z = self.head(z)
         if self.head_bn is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -43,21 +44,27 @@ def embedding_spread(embeddings: jax.Array) -> jax.Array:
     return jnp.linalg.norm(centred, axis=1).mean() / (jnp.linalg.norm(embeddings, axis=1).mean() + 1e-12)
 
 
-def _embed_batch(model: nnx.Module, images: jax.Array, prepare: Prepare | None) -> jax.Array:
-    """Embeddings of images with any leading axes ((B,), (n, 2), ...), shaped (*leading, d)."""
-    flat = images.reshape((-1,) + images.shape[-3:])
-    embeddings = model(prepare(flat) if prepare else flat)
-    return embeddings.reshape(images.shape[:-3] + embeddings.shape[-1:])
+def _embed_batch(model: nnx.Module, inputs: jax.Array, prepare: Prepare | None,
+                 forward: Callable[[nnx.Module, jax.Array], jax.Array] | None, item_ndim: int) -> jax.Array:
+    """Embeddings of inputs (images, or features: `item_ndim` axes each) with any leading axes ((B,), (n, 2),
+    ...), shaped (*leading, d)."""
+    lead = inputs.shape[:inputs.ndim - item_ndim]
+    flat = inputs.reshape((-1,) + inputs.shape[len(lead):])
+    x = prepare(flat) if prepare else flat
+    embeddings = forward(model, x) if forward else model(x)
+    return embeddings.reshape(lead + embeddings.shape[-1:])
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_fn: LossOnBatch, mesh: Mesh,
                     prepare: Prepare | None = None, frozen_stages: tuple[str, ...] = (),
-                    xla_options: dict[str, str] | None = None):
+                    xla_options: dict[str, str] | None = None,
+                    forward: Callable[[nnx.Module, jax.Array], jax.Array] | None = None, item_ndim: int = 3):
     """(state, batch) -> (state, metrics), jitted; `batch` holds `images` (any leading axes, sharded on
     the mesh: see sharding.shard_step_batch) and whatever the loss reads (labels, pair flags, ...).
     `prepare` (e.g. `image_normalizer`) turns the images into the model's input inside the jit;
     `tx` and `frozen_stages` must be those given to `init_train_state`. `xla_options` replaces
-    `compiler_options(mesh)` (`{}`: the compiler's defaults)."""
+    `compiler_options(mesh)` (`{}`: the compiler's defaults). `forward(model, x)` replaces `model(x)` on inputs
+    of `item_ndim` axes each (top-tuning: the head on (B, D) cached features)."""
     trainable = trainable_filter(frozen_stages)
 
     def step(state: TrainState, batch: dict[str, jax.Array]):
@@ -65,7 +72,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, lo
             # Fresh Variable objects for this trace: NNX refuses to update BatchNorm statistics
             # held by Variables that were created in an enclosing trace.
             model = nnx.merge(graphdef, params, state.model_state, copy=True)
-            embeddings = _embed_batch(model, batch["images"], prepare)
+            embeddings = _embed_batch(model, batch["images"], prepare, forward, item_ndim)
             loss, aux = loss_fn(embeddings, batch, loss_params)
             spread = embedding_spread(embeddings.reshape(-1, embeddings.shape[-1]))
             return loss, ({**aux, "spread": spread}, nnx.state(model, nnx.Not(trainable)))
