@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import jax.numpy as jnp
 import ml_collections
 from flax import nnx
@@ -64,8 +66,6 @@ def build_model(cfg: ml_collections.ConfigDict, rngs: nnx.Rngs, image_size: int,
 
 def _pretrained_vit(cfg: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
     """A ViT of `cfg.backbone`'s size from a transformers model directory (CLIP, DINOv2, SigLIP)."""
-    import os
-
     from navee_jax.models.hf_vit import load_hf_vit
     from navee_jax.models.vit import matches_size
 

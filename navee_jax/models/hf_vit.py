@@ -155,15 +155,9 @@ def read_safetensors(directory: str) -> dict[str, np.ndarray]:
     if not files:
         raise UserError(f"{directory}: no *.safetensors file (save the model with save_pretrained, "
                         f"safe_serialization=True)")
-    from safetensors.numpy import load_file
+    from navee_jax.models.convert import read_state_dict  # its safetensors reading and one-line errors
 
-    tensors = {}
-    for f in files:
-        try:
-            tensors.update(load_file(f))
-        except Exception as e:  # safetensors raises its own types for corrupt headers and dtypes
-            raise UserError(f"{f}: not a readable safetensors file ({str(e).splitlines()[0][:200]})") from None
-    return {k: v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v for k, v in tensors.items()}
+    return {k: v for f in files for k, v in read_state_dict(f).items()}
 
 
 def load_hf_vit(directory: str, *, rngs: nnx.Rngs | None = None) -> tuple[str, ViT]:

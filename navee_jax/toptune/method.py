@@ -26,6 +26,7 @@ from navee_jax.models import build_model
 from navee_jax.models.stages import stage_names
 from navee_jax.sharding import check_divisible, process_share, replicated
 from navee_jax.toptune.cache import cache_key, cached_features
+from navee_jax.train.method import images_per_step
 from navee_jax.train.step import init_train_state, make_train_step
 from navee_jax.train_state import make_optimizer, make_schedule
 
@@ -65,7 +66,7 @@ class TopTune(Method):
         return ("pk",)
 
     def images_per_step(self, config: ml_collections.ConfigDict) -> int:
-        return config.sampler.classes_per_batch * config.sampler.images_per_class
+        return images_per_step(config)  # sampler.kind is 'pk' (sampler_kinds)
 
     def build(self, config: ml_collections.ConfigDict, catalogue: Catalogue, split: Split, mesh: jax.sharding.Mesh,
               steps_per_epoch: int) -> Trainer:
