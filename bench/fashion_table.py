@@ -97,6 +97,20 @@ RUNS = {
     "proxy_anchor": ("proxy_anchor", ["--config.optim.lr=1e-3", *SCHEDULE],
                      "one proxy per training class learning 100x faster, P=16 x K=4, alpha 32, delta 0.1 (the "
                      "paper's); Adam 1e-3, x0.1 after 10 epochs; 16 epochs"),
+    # Issue 20's pipeline without real weights: a frozen randomly initialised ViT-S/16, its head top-tuned on cached
+    # features (configs/top_tune.py); with a foundation model's weights it is `--config.model.pretrained=<dir>`.
+    "top_tune_vit_s16": ("top_tune", ["--config.model.backbone=vit_s16", "--config.train.num_epochs=10",
+                                      "--config.optim.decay_every_epochs=7"],
+                         "frozen randomly initialised ViT-S/16 at 64x64, a linear head (256) top-tuned on its cached "
+                         "features, batch-hard P=16 x K=4; Adam 1e-3, x0.1 after 7 epochs; 10 epochs"),
+    # ... then its last 2 blocks (and final norm and head) fine-tuned on the images, from that run's best checkpoint.
+    "top_tune_vit_s16_last2": ("triplet", ["--config.model.backbone=vit_s16", "--config.model.train_last_blocks=2",
+                                           "--config.model.init_workdir={runs}/top_tune_vit_s16",
+                                           "--config.optim.lr=1e-4", "--config.train.num_epochs=3",
+                                           "--config.optim.decay_every_epochs=2"],
+                               "top_tune_vit_s16, then its last 2 blocks, final norm and head trained on the images "
+                               "(`model.train_last_blocks=2`, `model.init_workdir`), batch-hard P=16 x K=4; Adam "
+                               "1e-4, x0.1 after 2 epochs; 3 epochs"),
     "maml": ("maml", ["--config.loss.first_order=True", "--config.sampler.tasks_per_batch=8",
                       "--config.train.steps_per_epoch=100", "--config.train.num_epochs=5"],
              "first-order, Conv-4, 5-way 1-shot, meta-batch 8, inner lr 0.4, 1 inner step (3 at test); 500 "
@@ -182,7 +196,9 @@ def main() -> None:
     for variant in variants:
         for name in names:
             config, overrides, _ = RUNS[name]
-            args, workdir = [f"--config=configs/{config}.py:{variant}", *overrides], os.path.join(a.root, variant, name)
+            runs = os.path.join(a.root, variant)  # `{runs}` in an override: this variant's runs (another's workdir)
+            args = [f"--config=configs/{config}.py:{variant}", *(o.format(runs=runs) for o in overrides)]
+            workdir = os.path.join(runs, name)
             train_and_evaluate(args, workdir, EVALUATE_MLP if a.mlp else EVALUATE)
             if a.mlp and not _has_mlp(_report(a.root, variant, name)):
                 launch([*args, f"--workdir={workdir}", *EVALUATE_MLP])

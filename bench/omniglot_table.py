@@ -112,6 +112,22 @@ RUNS = {
     "maml": ("maml", ["--config.train.steps_per_epoch=100", "--config.train.num_epochs=10"],
              "second-order, 5-way 1-shot, meta-batch 32, inner lr 0.4, 1 inner step (3 at test), the paper's; "
              "1,000 meta-steps (the paper: 60,000)"),
+    # Issue 20's pipeline without real weights: a frozen randomly initialised ViT-S/16 (at 32x32, 2x2 patches), its
+    # head top-tuned on cached features (configs/top_tune.py).
+    "top_tune_vit_s16": ("top_tune", ["--config.model.backbone=vit_s16", "--config.data.image_size=32",
+                                      "--config.data.binarize=False", "--config.data.grayscale=True",
+                                      "--config.train.num_epochs=10", "--config.optim.decay_every_epochs=7"],
+                         "frozen randomly initialised ViT-S/16 at 32x32, a linear head (256) top-tuned on its cached "
+                         "features, batch-hard P=8 x K=4; Adam 1e-3, x0.1 after 7 epochs; 10 epochs of 2,023 steps"),
+    "top_tune_vit_s16_last2": ("triplet", ["--config.model.backbone=vit_s16", "--config.data.image_size=32",
+                                           "--config.data.binarize=False", "--config.data.grayscale=True",
+                                           "--config.model.train_last_blocks=2",
+                                           "--config.model.init_workdir={runs}/top_tune_vit_s16",
+                                           "--config.optim.lr=1e-4", "--config.train.num_epochs=2",
+                                           "--config.optim.decay_every_epochs=1"],
+                               "top_tune_vit_s16, then its last 2 blocks, final norm and head trained on the images "
+                               "(`model.train_last_blocks=2`, `model.init_workdir`); Adam 1e-4, x0.1 after 1 epoch; "
+                               "2 epochs of 2,023 steps"),
     "siamese": ("siamese", ["--config.model.width=16", "--config.train.steps_per_epoch=400",
                             "--config.train.num_epochs=3", "--config.optim.decay_every_epochs=2"],
                 "Koch's CNN at the paper's 105x105 with a quarter of its width (16-32-32-64 filters, 4,096 "
@@ -165,7 +181,8 @@ def main() -> None:
         sys.exit(f"skipped: {OMNIGLOT_BACKGROUND} is absent (Omniglot's background set, ../shared/data)")
     for name in names:
         config, overrides, _ = RUNS[name]
-        train_and_evaluate([f"--config=configs/{config}.py:omniglot_background", *overrides],
+        train_and_evaluate([f"--config=configs/{config}.py:omniglot_background",
+                            *(o.format(runs=a.root) for o in overrides)],  # `{runs}`: the root (another's workdir)
                            os.path.join(a.root, name), EVALUATE)
     write_table(a.root, table(a.root, list(RUNS)))
 

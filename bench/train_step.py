@@ -66,8 +66,10 @@ def neighbour_cpu_seconds() -> float:
 # ---------------------------------------------------------------------------------------------- flax
 
 
-def build_flax(images: np.ndarray, labels: np.ndarray, xla_options: dict | None):
-    """(jitted train step, state, batch) of navee_jax's real train step: `step(state, batch)`."""
+def build_flax(images: np.ndarray, labels: np.ndarray, xla_options: dict | None, backbone: str = "resnet18",
+               compute_dtype: str = "float32"):
+    """(jitted train step, state, batch) of navee_jax's real train step: `step(state, batch)` (bench/gpu_check.py
+    also times ResNet-50 and ViT-B/16, in bf16 on an accelerator)."""
     import jax
     import optax
     from flax import nnx
@@ -82,6 +84,7 @@ def build_flax(images: np.ndarray, labels: np.ndarray, xla_options: dict | None)
 
     cfg = triplet.get_config()  # loss: triplet, batch_hard miner, euclidean, margin 0.2
     cfg.data.image_size = images.shape[1]
+    cfg.model.backbone, cfg.model.compute_dtype = backbone, compute_dtype
     assert (cfg.loss.name, cfg.loss.miner, cfg.loss.metric, cfg.loss.margin) == ("triplet", "batch_hard",
                                                                                   "euclidean", MARGIN)
     objective = make_objective(cfg, labels)
@@ -93,12 +96,12 @@ def build_flax(images: np.ndarray, labels: np.ndarray, xla_options: dict | None)
     return step, state, shard_step_batch({"images": images, "labels": labels}, mesh)
 
 
-def flax_step(images: np.ndarray, labels: np.ndarray, xla_options: dict | None):
+def flax_step(images: np.ndarray, labels: np.ndarray, xla_options: dict | None, **model):
     """(run one step and wait for it, compile seconds); `xla_options` None: the step's own
-    (`navee_jax.backend.compiler_options`), {}: jaxlib's defaults."""
+    (`navee_jax.backend.compiler_options`), {}: jaxlib's defaults; `model`: build_flax's backbone / compute_dtype."""
     import jax
 
-    step, state, batch = build_flax(images, labels, xla_options)
+    step, state, batch = build_flax(images, labels, xla_options, **model)
     t = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - t
@@ -114,20 +117,34 @@ def flax_step(images: np.ndarray, labels: np.ndarray, xla_options: dict | None):
 # --------------------------------------------------------------------------------------------- torch
 
 
-def torch_step(images: np.ndarray, labels: np.ndarray, threads: int):
+def torchvision_model(backbone: str, size: int):
+    """torchvision's network of navee_jax's `backbone` name, its classifier replaced by Linear(features, 256)."""
     import torch
     import torchvision
 
+    if backbone == "vit_b16":
+        model = torchvision.models.vit_b_16(image_size=size)
+        model.heads = torch.nn.Linear(768, 256)
+        return model
+    model = getattr(torchvision.models, backbone)()
+    model.fc = torch.nn.Linear(model.fc.in_features, 256)
+    return model
+
+
+def torch_step(images: np.ndarray, labels: np.ndarray, threads: int, backbone: str = "resnet18",
+               device: str = "cpu", bf16: bool = False):
+    """(run one step and wait for it); on CUDA with `bf16`, the forward pass under bf16 autocast."""
+    import torch
+
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = torchvision.models.resnet18()
-    model.fc = torch.nn.Linear(512, 256)
+    model = torchvision_model(backbone, images.shape[1]).to(device)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
-    x_u8 = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()  # NCHW uint8, as a torch loader gives
-    y = torch.from_numpy(labels).long()
-    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(STD).view(1, 3, 1, 1)
+    x_u8 = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(device)  # NCHW uint8, as a loader gives
+    y = torch.from_numpy(labels).long().to(device)
+    mean = torch.tensor(MEAN).view(1, 3, 1, 1).to(device)
+    std = torch.tensor(STD).view(1, 3, 1, 1).to(device)
 
     def triplet(emb: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
         # navee_jax's batch-hard triplet loss: Euclidean distances of direct differences (sqrt with a
@@ -136,7 +153,7 @@ def torch_step(images: np.ndarray, labels: np.ndarray, threads: int):
         pos = d2 > 0
         d = torch.where(pos, torch.sqrt(torch.where(pos, d2, torch.ones_like(d2))), torch.zeros_like(d2))
         same = lab[:, None] == lab[None, :]
-        positive = same & ~torch.eye(len(lab), dtype=torch.bool)
+        positive = same & ~torch.eye(len(lab), dtype=torch.bool, device=lab.device)
         negative = ~same
         hp = torch.where(positive, d, torch.full_like(d, -torch.inf)).amax(1)
         hn = torch.where(negative, d, torch.full_like(d, torch.inf)).amin(1)
@@ -146,12 +163,14 @@ def torch_step(images: np.ndarray, labels: np.ndarray, threads: int):
 
     def run() -> None:
         x = (x_u8.float() / 255.0 - mean) / std
-        emb = torch.nn.functional.normalize(model(x), dim=1, eps=1e-12)
+        with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
+            features = model(x)
+        emb = torch.nn.functional.normalize(features.float(), dim=1, eps=1e-12)
         loss = triplet(emb, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        loss.item()
+        loss.item()  # waits for the device
 
     return run
 

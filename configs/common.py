@@ -73,7 +73,11 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.data.tfds_group_key = ""  # e.g. 'alphabet' for tfds:omniglot
     c.data.tfds_data_dir = config_dict.placeholder(str)
     c.data.image_size = 32  # images are resized to image_size x image_size ...
-    c.data.resize = "squash"  # ... by stretching ('squash') or keeping the aspect ratio and padding ('pad')
+    c.data.resize = "squash"  # ... by stretching ('squash') or keeping the aspect ratio and padding ('pad'), ...
+    # ... or ('crop') the shorter side resized to image_size / crop_fraction and the centre square kept (DINOv2's
+    # 256 -> 224: 0.875), with this interpolation (bilinear | bicubic, as a pretrained model's processor says)
+    c.data.crop_fraction = 1.0
+    c.data.interpolation = "bilinear"
     c.data.fill = 1.0  # padding / rotation fill in [0, 1]: white, the background of product photos
     c.data.grayscale = False  # luminance on 3 channels
     c.data.binarize = False  # grayscale thresholded at 0.5 (Omniglot is 1-bit)
@@ -127,6 +131,11 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.model.frozen_batchnorm = False  # True: BatchNorm keeps its stored statistics during training
     c.model.frozen_stages = ()  # backbone stages that do not train, e.g. ("conv1", "bn1", "layer1"): weights and BN
     c.model.head_batchnorm = False  # BatchNorm on the projection, before the optional L2 normalisation
+    c.model.head_hidden = 0  # > 0: the head is an MLP (a hidden layer of this size, ReLU); 0: one linear projection
+    # vit_*: only the last n blocks (and the final norm, pooling, projection and head) train; -1: every block
+    # (e.g. after top-tuning, with model.init_workdir: configs/top_tune.py)
+    c.model.train_last_blocks = -1
+    c.model.init_workdir = ""  # a trained workdir (`dir` or `dir:best|latest|<step>`) whose model this run starts from
 
     c.top = ml_collections.ConfigDict()  # method='top_tune' (configs/top_tune.py)
     c.top.views = 1  # cached views of each training image: the plain one, then augmented ones

@@ -166,8 +166,20 @@ def unwrap_arrays(tree: Any) -> Any:
     return tree
 
 
-def load_weights_into(model: nnx.Module, restored: dict[str, Any], where: str) -> None:
-    """Copies every variable of `model` from the restored checkpoint arrays (params + model_state)."""
+def start_from_workdir(model: nnx.Module, spec: str) -> str:
+    """Fills every variable of `model` (backbone and head) from a trained workdir, `spec` being `<workdir>` (its
+    best checkpoint) or `<workdir>:<best|latest|step>`; returns the checkpoint's folder."""
+    workdir, _, checkpoint = spec.rpartition(":") if ":" in spec else (spec, "", "best")
+    step, restored = restore_arrays(workdir, checkpoint)
+    where = f"{workdir}/checkpoints/{step}"
+    load_weights_into(model, restored, where, f"model.init_workdir={spec!r}: its checkpoint does not fit this "
+                                              f"run's model")
+    return where
+
+
+def load_weights_into(model: nnx.Module, restored: dict[str, Any], where: str, misfit: str = "") -> None:
+    """Copies every variable of `model` from the restored checkpoint arrays (params + model_state); `misfit`
+    begins the message when they do not fit (default: the checkpoint does not fit its config.json)."""
     saved = {}
     for part in ("params", "model_state"):
         for path, leaf in jax.tree_util.tree_flatten_with_path(unwrap_arrays(restored.get(part, {})))[0]:
@@ -179,8 +191,8 @@ def load_weights_into(model: nnx.Module, restored: dict[str, Any], where: str) -
         key = tuple(str(getattr(p, "key", p)) for p in path)
         if key not in saved or np.shape(saved[key]) != np.shape(like):
             got = np.shape(saved[key]) if key in saved else "missing"
-            raise UserError(f"checkpoint {where} does not fit its config.json: {'/'.join(key)} is {got}, the model "
-                            f"needs {np.shape(like)}")
+            raise UserError(f"{misfit or f'checkpoint {where} does not fit its config.json'}: {'/'.join(key)} is "
+                            f"{got}, the model needs {np.shape(like)}")
         leaves.append(np.asarray(saved[key], like.dtype))
     nnx.replace_by_pure_dict(state, jax.tree_util.tree_unflatten(treedef, leaves))
     nnx.update(model, state)

@@ -17,7 +17,9 @@ from navee_jax.errors import UserError
 KEYS_ADDED_LATER: dict[str, Any] = {"data.affine": False, "data.translate_px": 0.0, "model.block_widths": [],
                                     "model.tta_shift_px": 0, "data.label_levels": [], "split.test_fraction": 0.2,
                                     "split.validation_fraction": 0.1, "sampler.batch_size": 64,
-                                    "split.seed": -1}
+                                    "split.seed": -1, "model.head_hidden": 0, "model.train_last_blocks": -1,
+                                    "model.init_workdir": "", "data.crop_fraction": 1.0,
+                                    "data.interpolation": "bilinear"}
 
 
 def complete(config: dict[str, Any]) -> dict[str, Any]:

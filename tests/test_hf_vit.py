@@ -118,19 +118,24 @@ def test_model_pretrained_loads_a_tower_of_the_backbones_size_and_refuses_anothe
         build_model(cfg, nnx.Rngs(0), image_size=64)
 
 
-def test_a_pretrained_towers_normalisation_is_required_of_the_config(tmp_path):
+def test_a_pretrained_towers_preprocessing_is_required_of_the_config(tmp_path):
     from configs import triplet
     from navee_jax.launcher.config_check import check_config
-    from navee_jax.models.hf_vit import NORMALIZATION
 
     _reference("clip").save_pretrained(tmp_path, safe_serialization=True)
     cfg = triplet.get_config("digits")
     cfg.model.backbone, cfg.model.pretrained, cfg.data.image_size = "vit_s16", str(tmp_path), 32
-    with pytest.raises(UserError, match=re.escape("normalised with mean (0.48145466, 0.4578275, 0.40821073)")):
-        check_config(cfg)  # ImageNet's, the config's default
-    cfg.data.mean, cfg.data.std = NORMALIZATION["clip"]
+    with pytest.raises(UserError, match=re.escape("resized to a shorter side of 224 and centre-cropped to 224 "
+                                                  "(bicubic), normalised with mean (0.48145466, 0.4578275, "
+                                                  "0.40821073)")):
+        check_config(cfg)  # squash, bilinear, ImageNet's: the config's defaults
+    cfg.data.resize, cfg.data.interpolation = "crop", "bicubic"
+    cfg.data.mean, cfg.data.std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
     check_config(cfg)
-    # The directory's own image processor, when it has one, says which.
-    (tmp_path / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5] * 3, "image_std": [0.5] * 3}))
-    with pytest.raises(UserError, match=re.escape("--config.data.mean='(0.5, 0.5, 0.5)'")):
+    # The directory's own image processor, when it has one, says which: transformers writes it.
+    transformers.CLIPImageProcessor(size={"shortest_edge": 40}, crop_size={"height": 35, "width": 35},
+                                    image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(tmp_path)
+    with pytest.raises(UserError, match=re.escape("set --config.data.crop_fraction=0.875 "
+                                                  "--config.data.mean='(0.5, 0.5, 0.5)' "
+                                                  "--config.data.std='(0.5, 0.5, 0.5)'")):
         check_config(cfg)

@@ -26,6 +26,7 @@ from navee_jax.errors import UserError
 from navee_jax.evaluate.heldout import HeldoutEvaluator
 from navee_jax.losses.cross_entropy import classification_loss
 from navee_jax.method import Method, Trainer, register_method
+from navee_jax.models.stages import frozen_stages
 from navee_jax.sharding import check_divisible, replicated
 from navee_jax.train.step import init_train_state, make_train_step
 from navee_jax.train_state import make_optimizer, make_schedule
@@ -74,7 +75,7 @@ class Classifier(Method):
         tx = make_optimizer(config, schedule)
         prepare = image_normalizer(config.data, config.model.in_channels)
         model = build_classifier(config, len(catalogue.class_names), nnx.Rngs(config.seed), cpu_tuned(mesh))
-        frozen = tuple(config.model.frozen_stages)
+        frozen = frozen_stages(config.model, model)
         graphdef, eval_graphdef, state = init_train_state(model, tx, config.model.frozen_batchnorm, frozen)
         process = (jax.process_index(), jax.process_count())
         if config.split.mode == "stratified":

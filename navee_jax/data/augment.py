@@ -11,23 +11,39 @@ import ml_collections
 from navee_jax.data.tf_import import tf_module
 
 
-def resize(img, size: int, mode: str, fill: float):
-    """(size, size): 'squash' stretches; 'pad' keeps the aspect ratio and pads with `fill` (white for
-    product photos and Omniglot, whose backgrounds are white). Keeps the dtype (uint8 is rounded)."""
+RESIZE_MODES = ("squash", "pad", "crop")
+INTERPOLATIONS = ("bilinear", "bicubic")
+
+
+def resize(img, size: int, mode: str, fill: float, crop_fraction: float = 1.0, method: str = "bilinear"):
+    """(size, size), antialiased: 'squash' stretches; 'pad' keeps the aspect ratio and pads with `fill` (white for
+    product photos and Omniglot, whose backgrounds are white); 'crop' resizes the shorter side to
+    size / crop_fraction and keeps the centre square, as the image processors of CLIP and DINOv2 do (their
+    rounding: the longer side truncated, the crop's offset floored). Keeps the dtype (uint8 is rounded)."""
     tf = tf_module()
 
     def resized():
         x = tf.image.convert_image_dtype(img, tf.float32)
         if mode == "squash":
-            x = tf.image.resize(x, (size, size), method="bilinear", antialias=True)
-        else:  # resize_with_pad pads with 0: pad the image's distance from `fill` instead, then undo the shift.
-            x = fill - tf.image.resize_with_pad(fill - x, size, size, method="bilinear", antialias=True)
+            x = tf.image.resize(x, (size, size), method=method, antialias=True)
+        elif mode == "pad":  # resize_with_pad pads with 0: pad the image's distance from `fill`, then undo the shift.
+            x = fill - tf.image.resize_with_pad(fill - x, size, size, method=method, antialias=True)
+        else:
+            h, w = tf.shape(x)[0], tf.shape(x)[1]
+            shorter = tf.constant(int(round(size / crop_fraction)), tf.int32)
+            scale = tf.cast(shorter, tf.float64) / tf.cast(tf.minimum(h, w), tf.float64)
+            new_h = tf.where(h <= w, shorter, tf.cast(tf.cast(h, tf.float64) * scale, tf.int32))
+            new_w = tf.where(h <= w, tf.cast(tf.cast(w, tf.float64) * scale, tf.int32), shorter)
+            x = tf.image.resize(x, tf.stack([new_h, new_w]), method=method, antialias=True)
+            x = tf.image.crop_to_bounding_box(x, (new_h - size) // 2, (new_w - size) // 2, size, size)
         return to_uint8(x) if img.dtype == tf.uint8 else x
 
     # An image already at the target size is left alone: the antialiased resize is the most expensive
     # step of the whole pipeline, 4x the JPEG decode, even when it changes nothing.
     shape = tf.shape(img)
     already = tf.logical_and(tf.equal(shape[0], size), tf.equal(shape[1], size))
+    if mode == "crop" and crop_fraction < 1:  # a square of the target size is still enlarged and cropped
+        already = tf.constant(False)
     return tf.ensure_shape(tf.cond(already, lambda: img, resized), (size, size, img.shape[-1]))
 
 

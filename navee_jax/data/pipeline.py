@@ -99,8 +99,8 @@ def _image_fn(catalogue: Catalogue, data: ml_collections.ConfigDict, train: bool
     host memory traffic, and decode + flip never leave uint8 (docs/input_pipeline.md).
     """
     tf = tf_module()
-    if data.resize not in ("squash", "pad"):
-        raise UserError(f"data.resize: {data.resize!r} is not 'squash' or 'pad'")
+    if data.resize not in augment.RESIZE_MODES:
+        raise UserError(f"data.resize: {data.resize!r} is not one of {augment.RESIZE_MODES}")
     in_float = augment.needs_float(data, train)
     if catalogue.pixels is not None:
         table = tf.constant(catalogue.pixels)
@@ -131,7 +131,8 @@ def _image_fn(catalogue: Catalogue, data: ml_collections.ConfigDict, train: bool
         if train and data.crop_scale_min < 1:
             img = augment.random_resized_crop(img, seed, data.image_size, data.crop_scale_min)
         else:
-            img = augment.resize(img, data.image_size, data.resize, data.fill)
+            img = augment.resize(img, data.image_size, data.resize, data.fill, data.get("crop_fraction", 1.0),
+                                 data.get("interpolation", "bilinear"))
         if train:
             img = augment.geometry_and_colour(img, seed, data)
         if data.grayscale or data.binarize:

@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator
 
 import ml_collections
 
+from navee_jax.data.augment import INTERPOLATIONS, RESIZE_MODES
 from navee_jax.data.rotations import ANGLES
 from navee_jax.data.sources import DUPLICATES
 from navee_jax.errors import UserError
@@ -39,7 +40,6 @@ from navee_jax.method import available_methods, method_of
 
 # Enumerations that exist only as literals where they are used:
 SOURCES = ("glyphs", "digits", "folder", "styles_csv")  # navee_jax.data.sources.load_catalogue, plus 'tfds:<name>'
-RESIZE_MODES = ("squash", "pad")  # navee_jax.data.pipeline._image_fn
 SPLIT_MODES = ("classes", "groups", "partial", "stratified")  # navee_jax.data.splits.heldout_classes
 SAMPLER_KINDS = ("pk", "pairs", "triplets", "episodes", "tasks", "shuffled")  # what navee_jax.data.pipeline batches
 
@@ -126,6 +126,8 @@ RULES: dict[str, Rule] = {
     "data.tfds_data_dir": text(optional=True),
     "data.image_size": integer(1),  # each backbone's own minimum: CROSS
     "data.resize": one_of(RESIZE_MODES),
+    "data.crop_fraction": number(0, 1, lo_open=True),  # of the resized shorter side, kept by data.resize='crop'
+    "data.interpolation": one_of(INTERPOLATIONS),
     "data.fill": number(0, 1),  # a pixel value of images in [0, 1]
     "data.grayscale": BOOL,
     "data.binarize": BOOL,
@@ -170,6 +172,9 @@ RULES: dict[str, Rule] = {
     "model.frozen_batchnorm": BOOL,
     "model.frozen_stages": tuple_of(text(), example="('conv1', 'bn1', 'layer1')"),  # names checked in CROSS
     "model.head_batchnorm": BOOL,
+    "model.head_hidden": integer(0),  # 0: a linear head
+    "model.train_last_blocks": integer(-1),  # -1: off; vit_* only, at most its depth (CROSS)
+    "model.init_workdir": text(),  # a workdir with checkpoints (CROSS)
     "top.views": integer(1),
     "top.cache_dir": text(),
     "sampler.kind": one_of(SAMPLER_KINDS),  # which of them the method (and loss) trains on: CROSS
@@ -267,14 +272,16 @@ def _drawn_classes(c: ml_collections.ConfigDict) -> str | None:
     return None
 
 
-def _pretrained_normalization(c: ml_collections.ConfigDict) -> str | None:
-    """A transformers ViT sees images normalised as its own training's were (the gallery fingerprint keeps
-    data.mean / data.std, so the choice travels with every embedding)."""
-    if c.model.backbone not in VIT_BACKBONES or not os.path.isfile(os.path.join(c.model.pretrained, "config.json")):
+def _pretrained_preprocessing(c: ml_collections.ConfigDict) -> str | None:
+    """A pretrained ViT sees images resized, cropped and normalised as its own training's were (the gallery
+    fingerprint keeps these data keys, so the choice travels with every embedding)."""
+    if c.model.backbone not in VIT_BACKBONES or not c.model.pretrained or not os.path.isdir(c.model.pretrained):
         return None
-    from navee_jax.models.hf_vit import normalization_problem
+    from navee_jax.models.hf_preprocessing import settings_problem
+    from navee_jax.models.hf_vit import pretrained_settings
 
-    return normalization_problem(c.model.pretrained, tuple(c.data.mean), tuple(c.data.std))
+    found = pretrained_settings(c.model.pretrained)
+    return None if found is None else settings_problem(c.model.pretrained, *found, c.data)
 
 
 def _min_image_size(c: ml_collections.ConfigDict) -> str | None:
@@ -321,22 +328,48 @@ def _method_settings(c: ml_collections.ConfigDict) -> str | None:
 
 
 def _frozen_stages(c: ml_collections.ConfigDict) -> str | None:
-    """Each name must be a stage of this backbone: models.stages.freeze_stages walks the network, here an
-    abstract one (shapes only, nothing allocated, no pretrained file read)."""
-    if not c.model.frozen_stages:
+    """Each name must be a stage of this backbone (and model.train_last_blocks fit it): models.stages walks the
+    network, here an abstract one (shapes only, nothing allocated, no pretrained file read)."""
+    if not c.model.frozen_stages and c.model.train_last_blocks < 0:
         return None
     from flax import nnx
 
     from navee_jax.models import build_model
-    from navee_jax.models.stages import freeze_stages
+    from navee_jax.models.stages import freeze_stages, frozen_stages
 
     model_cfg = ml_collections.ConfigDict(c.model.to_dict())
     model_cfg.pretrained = ""
     model = nnx.eval_shape(lambda: build_model(model_cfg, nnx.Rngs(0), c.data.image_size))
     try:
-        freeze_stages(model, tuple(c.model.frozen_stages))
+        freeze_stages(model, frozen_stages(c.model, model))
     except UserError as e:
         return str(e).removeprefix("model.frozen_stages: ")
+    return None
+
+
+def _train_last_blocks(c: ml_collections.ConfigDict) -> str | None:
+    n = c.model.train_last_blocks
+    if n < 0:
+        return None
+    if c.model.backbone not in VIT_BACKBONES:
+        return (f"counts a ViT's blocks, but model.backbone={c.model.backbone!r}: use -1 (model.frozen_stages "
+                f"names this backbone's stages)")
+    if c.model.frozen_stages:
+        return "chooses the frozen stages itself: set model.frozen_stages=() (or this to -1)"
+    depth = SIZES[VIT_SIZES[c.model.backbone]]["depth"]
+    return None if n <= depth else f"{c.model.backbone} has {depth} blocks: use 0 to {depth} (or -1: all train)"
+
+
+def _init_workdir(c: ml_collections.ConfigDict) -> str | None:
+    spec = c.model.init_workdir
+    if not spec:
+        return None
+    if c.get("method", "metric_learning") != "metric_learning":
+        return (f"starts a metric-learning run from a trained one, but method={c.method!r} builds its own network: "
+                f"set '' (or method='metric_learning')")
+    workdir = spec.rpartition(":")[0] if ":" in spec else spec
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        return f"{workdir!r} is not a trained workdir (no checkpoints/ in it): train it first, or fix the path"
     return None
 
 
@@ -382,7 +415,11 @@ CROSS: list[tuple[str, Callable[[ml_collections.ConfigDict], str | None]]] = [
     ("model.block_widths", lambda c: None if not c.model.block_widths or c.model.backbone == "conv4" else
      f"sets conv4's blocks, but model.backbone={c.model.backbone!r}: use model.width, or () here"),
     ("data.image_size", _min_image_size),
-    ("data.mean", _pretrained_normalization),
+    ("model.pretrained", _pretrained_preprocessing),
+    ("model.head_hidden", lambda c: None if not c.model.head_hidden or c.model.embed_dim else
+     "an MLP head needs a projection: set model.embed_dim > 0, or model.head_hidden=0"),
+    ("model.init_workdir", _init_workdir),
+    ("model.train_last_blocks", _train_last_blocks),
     ("method", _method_settings),
     ("model.frozen_stages", _frozen_stages),  # last: it builds the (abstract) network from the checked keys
 ]

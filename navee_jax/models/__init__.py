@@ -61,18 +61,20 @@ def build_model(cfg: ml_collections.ConfigDict, rngs: nnx.Rngs, image_size: int,
         backbone.set_attributes(dtype=COMPUTE_DTYPES[cfg.compute_dtype], raise_if_not_found=False)
     if cpu_tuned:
         tune_for_cpu(backbone)
-    return EmbeddingNet(backbone, cfg.embed_dim, cfg.normalize, cfg.head_batchnorm, rngs=rngs)
+    return EmbeddingNet(backbone, cfg.embed_dim, cfg.normalize, cfg.head_batchnorm, cfg.get("head_hidden", 0),
+                        rngs=rngs)
 
 
 def _pretrained_vit(cfg: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
-    """A ViT of `cfg.backbone`'s size from a transformers model directory (CLIP, DINOv2, SigLIP)."""
-    from navee_jax.models.hf_vit import load_hf_vit
+    """A ViT of `cfg.backbone`'s size from a transformers model directory (CLIP, DINOv2, SigLIP) or its conversion."""
+    from navee_jax.models.convert import load_pretrained_vit
     from navee_jax.models.vit import matches_size
 
     if not os.path.isdir(cfg.pretrained):
         raise UserError(f"model.pretrained={cfg.pretrained!r}: a ViT loads a transformers model directory "
-                        f"(config.json + *.safetensors, as save_pretrained writes it)")
-    family, model = load_hf_vit(cfg.pretrained, rngs=rngs)
+                        f"(config.json + *.safetensors, as save_pretrained writes it) or its conversion by "
+                        f"python -m navee_jax.models.convert --arch=hf_vit")
+    family, model = load_pretrained_vit(cfg.pretrained, rngs=rngs)
     if not matches_size(model.spec, cfg.backbone):
         s = model.spec
         raise UserError(f"model.pretrained={cfg.pretrained!r} is a {family} ViT of patch {s.patch_size}, width {s.dim} "

@@ -1,6 +1,11 @@
-r"""torchvision weights -> Flax NNX backbones: reading, layout mapping, and a command line converter.
+r"""torchvision weights -> Flax NNX backbones: reading, layout mapping, and a command line converter; and
+transformers' ViTs (CLIP, DINOv2, SigLIP: navee_jax.models.hf_vit) through the same command.
 
     python -m navee_jax.models.convert --arch=resnet18 --src=resnet18-f37072fd.pth --out=weights/resnet18
+    python -m navee_jax.models.convert --arch=hf_vit --src=path/to/dinov2-base --out=weights/dinov2-base
+
+A ViT's checkpoint has vit.json beside it: the family, the architecture and the image preprocessing of its
+processor (navee_jax.models.hf_preprocessing), which the command prints as the flags to train with.
 
 writes an Orbax checkpoint of the converted model, which `load_pretrained` (like the
 `model.pretrained` config key) reads back, as it reads .pth / .pt / .safetensors files directly.
@@ -17,6 +22,8 @@ the NHWC (7, 7, C) one. Bad input ends in a one-line UserError naming the first 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import math
 import os
 import re
@@ -31,14 +38,18 @@ from flax import nnx
 
 from navee_jax.cli import fail
 from navee_jax.errors import UserError
+from navee_jax.models.hf_preprocessing import checkpoint_settings
+from navee_jax.models.hf_vit import VIT_JSON, load_hf_vit, pretrained_settings, read_json
 from navee_jax.models.resnet import ResNet, resnet18, resnet50
 from navee_jax.models.vgg import POOLED_SIZE, VGG, vgg16, vgg16_bn
+from navee_jax.models.vit import ViT, ViTSpec, backbone_name
+from navee_jax.models.weight_files import first_line, read_state_dict
 
 # What converted weights fill: parameters and BatchNorm running statistics (not e.g. dropout RNG state).
 _LOADED = nnx.Any(nnx.Param, nnx.BatchStat)
 _TORCH_LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
 _TORCH_DOWNSAMPLE = {"conv": "0", "bn": "1"}
-_INSTALL_HINT = "pip install 'navee-jax[torch]'"
+HF_VIT = "hf_vit"  # --arch for a transformers ViT directory (navee_jax.models.hf_vit)
 
 
 def _resnet_num_classes(state_dict: Mapping[str, np.ndarray]) -> dict[str, int]:
@@ -57,47 +68,6 @@ ARCHS: dict[str, tuple[Callable[..., nnx.Module], Callable[[Mapping[str, np.ndar
     "vgg16": (vgg16, _vgg_num_classes),
     "vgg16_bn": (vgg16_bn, _vgg_num_classes),
 }
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:300] if text else type(e).__name__
-
-
-def read_state_dict(path: str) -> dict[str, np.ndarray]:
-    """A torchvision state_dict from .pth / .pt (PyTorch) or .safetensors, as numpy arrays.
-
-    torch and safetensors are imported here, not at module level, so that everything else in
-    navee_jax works without them; floating tensors become float32 (numpy has no bfloat16).
-    """
-    if not os.path.isfile(path):
-        raise UserError(f"{path}: no such file")
-    ext = os.path.splitext(path)[1].lower()
-    if ext in (".pth", ".pt"):
-        try:
-            import torch
-        except ImportError:
-            raise UserError(f"reading {path} needs PyTorch: {_INSTALL_HINT}") from None
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # pickle / zip / weights_only refusals: all mean "not a plain state_dict file"
-            raise UserError(f"{path}: not a readable PyTorch state_dict ({_first_line(e)})") from None
-        if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-            raise UserError(f"{path}: expected a state_dict (tensor name -> tensor), got a {type(obj).__name__} "
-                            f"of other things; save model.state_dict() instead")
-        return {k: (v.float() if v.is_floating_point() else v).detach().cpu().numpy() for k, v in obj.items()}
-    if ext == ".safetensors":
-        try:
-            from safetensors.numpy import load_file
-        except ImportError:
-            raise UserError(f"reading {path} needs safetensors: {_INSTALL_HINT}") from None
-        try:
-            tensors = load_file(path)
-        except Exception as e:  # safetensors raises its own error types for corrupt headers / dtypes
-            raise UserError(f"{path}: not a readable safetensors file ({_first_line(e)})") from None
-        return {k: v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v for k, v in tensors.items()}
-    raise UserError(f"{path}: unknown weights format {ext!r}; expected .pth, .pt, .safetensors or a directory "
-                    f"written by python -m navee_jax.models.convert")
 
 
 def torch_name(path: tuple[Any, ...]) -> str:
@@ -201,7 +171,7 @@ def save_checkpoint(model: nnx.Module, directory: str) -> None:
         with ocp.StandardCheckpointer() as checkpointer:
             checkpointer.save(os.path.abspath(directory), nnx.to_pure_dict(nnx.state(model, _LOADED)))
     except Exception as e:  # orbax / tensorstore raise many types: unwritable directory, full disk, ...
-        raise UserError(f"{directory}: could not write the checkpoint ({_first_line(e)})") from None
+        raise UserError(f"{directory}: could not write the checkpoint ({first_line(e)})") from None
 
 
 def _load_checkpoint(model: nnx.Module, directory: str) -> list[str]:
@@ -210,7 +180,7 @@ def _load_checkpoint(model: nnx.Module, directory: str) -> list[str]:
             tree = checkpointer.restore(os.path.abspath(directory))
     except Exception as e:  # orbax raises many types; all mean "not a checkpoint of ours"
         raise UserError(f"{directory}: not a checkpoint written by python -m navee_jax.models.convert "
-                        f"({_first_line(e)})") from None
+                        f"({first_line(e)})") from None
     found = _flatten(tree)
     targets = {".".join(map(str, p)): (p, v) for p, v in nnx.to_flat_state(nnx.state(model, _LOADED))}
     _check(model, {name: tuple(v.shape) for name, (_, v) in targets.items()},
@@ -236,15 +206,21 @@ def convert(arch: str, src: str, out: str) -> nnx.Module:
     (which must not exist yet), and returns the filled model."""
     if arch not in ARCHS:
         raise UserError(f"unknown arch {arch!r}; choose one of {sorted(ARCHS)}")
-    if os.path.exists(out):
-        raise UserError(f"{out} already exists; choose a new --out directory (nothing was written)")
+    prepare_output(out)
     factory, file_args = ARCHS[arch]
     state_dict = read_state_dict(src)
     # Built abstractly: the weights come from the file, so random initialisation would be wasted work.
     model = nnx.eval_shape(lambda: factory(rngs=nnx.Rngs(0), **file_args(state_dict)))
     load_torch_state_dict(model, state_dict, source=src)
-    # Checked (once the weights are known good) because orbax reports an unwritable directory from
-    # background threads, as pages of tracebacks.
+    save_checkpoint(model, out)
+    return model
+
+
+def prepare_output(out: str) -> None:
+    """Creates `out`'s parent, or one line saying why not (before any weights are read): orbax reports an existing
+    or unwritable directory from background threads, as pages of tracebacks."""
+    if os.path.exists(out):
+        raise UserError(f"{out} already exists; choose a new --out directory (nothing was written)")
     parent = os.path.dirname(os.path.abspath(out))
     try:
         os.makedirs(parent, exist_ok=True)
@@ -252,8 +228,28 @@ def convert(arch: str, src: str, out: str) -> nnx.Module:
         raise UserError(f"{out}: cannot create its parent directory ({e.strerror})") from None
     if not os.access(parent, os.W_OK):
         raise UserError(f"{out}: its parent directory {parent} is not writable")
+
+
+def convert_hf_vit(src: str, out: str) -> tuple[str, ViT]:
+    """Writes the transformers model directory `src` as an Orbax checkpoint to `out` (which must not exist), with
+    vit.json: its family, architecture and preprocessing. Returns (family, the filled model)."""
+    prepare_output(out)
+    family, model = load_hf_vit(src)
     save_checkpoint(model, out)
-    return model
+    with open(os.path.join(out, VIT_JSON), "w") as f:
+        json.dump({"family": family, "spec": dataclasses.asdict(model.spec),
+                   "preprocessing": checkpoint_settings(src, family)}, f, indent=1)
+    return family, model
+
+
+def load_pretrained_vit(directory: str, *, rngs: nnx.Rngs | None = None) -> tuple[str, ViT]:
+    """(family, filled ViT) from a converted directory (vit.json) or a transformers one (config.json)."""
+    if not os.path.isfile(os.path.join(directory, VIT_JSON)):
+        return load_hf_vit(directory, rngs=rngs)
+    meta = read_json(os.path.join(directory, VIT_JSON))
+    model = ViT(ViTSpec(**meta["spec"]), rngs=rngs or nnx.Rngs(0))
+    load_pretrained(model, directory)
+    return meta["family"], model
 
 
 class _ArgumentParser(argparse.ArgumentParser):
@@ -265,17 +261,29 @@ class _ArgumentParser(argparse.ArgumentParser):
 
 def main(argv: list[str] | None = None) -> None:
     parser = _ArgumentParser(prog="python -m navee_jax.models.convert",
-                             description="Convert torchvision weights to a Flax checkpoint for model.pretrained.")
-    parser.add_argument("--arch", required=True, choices=sorted(ARCHS), help="the torchvision architecture")
-    parser.add_argument("--src", required=True, help="a .pth / .pt / .safetensors torchvision state_dict")
+                             description="Convert torchvision weights, or a transformers ViT (CLIP, DINOv2, SigLIP), "
+                                         "to a Flax checkpoint for model.pretrained.")
+    parser.add_argument("--arch", required=True, choices=[*sorted(ARCHS), HF_VIT],
+                        help=f"the torchvision architecture, or {HF_VIT}: a transformers model directory")
+    parser.add_argument("--src", required=True, help="a .pth / .pt / .safetensors torchvision state_dict, or with "
+                        f"--arch={HF_VIT} the directory save_pretrained wrote (config.json, *.safetensors)")
     parser.add_argument("--out", required=True, help="the checkpoint directory to write (must not exist)")
     args = parser.parse_args(argv)
     try:
-        model = convert(args.arch, args.src, args.out)
+        if args.arch == HF_VIT:
+            family, model = convert_hf_vit(args.src, args.out)
+            name = f"{family} {backbone_name(model.spec)}"
+            _, settings = pretrained_settings(args.out)
+            use = (f"\nuse it with --config.model.backbone={backbone_name(model.spec)} "
+                   f"--config.model.pretrained={args.out} " + " ".join(
+                       f"--config.data.{k}=" + (f"'{tuple(v)}'" if isinstance(v, (list, tuple)) else f"{v}")
+                       for k, v in settings.items()))
+        else:
+            model, name, use = convert(args.arch, args.src, args.out), args.arch, ""
     except UserError as e:
         fail(str(e))
     params = sum(math.prod(v.shape) for v in jax.tree.leaves(nnx.state(model, nnx.Param)))
-    print(f"wrote {args.arch} ({params:,} parameters, {model.out_features} outputs) to {args.out}")
+    print(f"wrote {name} ({params:,} parameters, {model.out_features} outputs) to {args.out}{use}")
 
 
 if __name__ == "__main__":

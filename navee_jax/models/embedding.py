@@ -1,6 +1,6 @@
-"""Backbone + embedding head: features -> linear projection to embed_dim -> optional BatchNorm ->
-optional L2 norm. embed_dim 0 keeps the backbone's features as they are (no projection), as Koch et al.'s
-siamese twin, whose 4096 sigmoid units are its embedding."""
+"""Backbone + embedding head: features -> linear projection to embed_dim (or an MLP: a hidden ReLU layer of
+hidden_dim first) -> optional BatchNorm -> optional L2 norm. embed_dim 0 keeps the backbone's features as they
+are (no projection), as Koch et al.'s siamese twin, whose 4096 sigmoid units are its embedding."""
 
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ from navee_jax.distances import l2_normalize
 
 
 class EmbeddingNet(nnx.Module):
-    def __init__(self, backbone: nnx.Module, embed_dim: int, normalize: bool, batchnorm: bool = False, *,
-                 rngs: nnx.Rngs):
+    def __init__(self, backbone: nnx.Module, embed_dim: int, normalize: bool, batchnorm: bool = False,
+                 hidden_dim: int = 0, *, rngs: nnx.Rngs):
         self.backbone = backbone
-        self.head = nnx.Linear(backbone.out_features, embed_dim, rngs=rngs) if embed_dim else None
+        hidden = hidden_dim if embed_dim else 0  # embed_dim 0 has no head at all
+        self.head_hidden = nnx.Linear(backbone.out_features, hidden, rngs=rngs) if hidden else None
+        self.head = nnx.Linear(hidden or backbone.out_features, embed_dim, rngs=rngs) if embed_dim else None
         self.out_features = embed_dim or backbone.out_features
         self.head_bn = nnx.BatchNorm(self.out_features, momentum=0.9, epsilon=1e-5, rngs=rngs) if batchnorm else None
         self.normalize = normalize
@@ -24,6 +26,8 @@ class EmbeddingNet(nnx.Module):
 
     def embed_features(self, z: jax.Array) -> jax.Array:
         """The head on backbone features (what top-tuning trains on cached features)."""
+        if self.head_hidden is not None:
+            z = jax.nn.relu(self.head_hidden(z))
         if self.head is not None:
             z = self.head(z)
         if self.head_bn is not None:

@@ -2,7 +2,10 @@
 CLIPModel, its text side skipped), Dinov2Model, Dinov2WithRegistersModel and SiglipVisionModel (or a whole
 SiglipModel), read from a model directory's config.json and *.safetensors without torch.
 
-    model = load_hf_vit("path/to/clip-vit-base-patch16")   # a directory as save_pretrained writes it
+    family, model = load_hf_vit("path/to/clip-vit-base-patch16")   # a directory as save_pretrained writes it
+
+or, converted once (`python -m navee_jax.models.convert --arch=hf_vit --src=<that directory> --out=<dir>`: an
+Orbax checkpoint, and vit.json with the architecture and the preprocessing), from <dir> without safetensors.
 
 The mapping is by name (`hf_name`), with layouts converted: a conv (O, I, H, W) -> (H, W, I, O), a linear
 (out, in) -> (in, out), SigLIP's packed attention input projection split into query, key and value. A file that
@@ -22,7 +25,11 @@ import numpy as np
 from flax import nnx
 
 from navee_jax.errors import UserError
+from navee_jax.models.hf_preprocessing import checkpoint_settings
 from navee_jax.models.vit import ViT, ViTSpec
+from navee_jax.models.weight_files import read_state_dict
+
+VIT_JSON = "vit.json"  # beside a converted checkpoint: {"family", "spec", "preprocessing"}
 
 FAMILIES = {"clip": "clip", "clip_vision_model": "clip", "dinov2": "dinov2", "dinov2_with_registers": "dinov2",
             "siglip": "siglip", "siglip_vision_model": "siglip"}
@@ -31,12 +38,6 @@ FAMILIES = {"clip": "clip", "clip_vision_model": "clip", "dinov2": "dinov2", "di
 _IGNORED = re.compile(r"^(text_model\.|text_projection\.|logit_scale|logit_bias|embeddings\.mask_token$|"
                       r".*position_ids$)")
 _LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias"}
-# Each family's normalisation when the directory has no preprocessor_config.json (its image processor's defaults).
-NORMALIZATION = {"clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
-                 "dinov2": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-                 "siglip": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))}
-
-
 def hf_spec(config: Mapping[str, Any], has_projection: bool) -> tuple[str, ViTSpec]:
     """(family, architecture) from a transformers config.json (a vision config, or a two-tower one holding
     `vision_config`)."""
@@ -64,32 +65,12 @@ def hf_spec(config: Mapping[str, Any], has_projection: bool) -> tuple[str, ViTSp
     return family, spec
 
 
-def _read_json(path: str) -> dict:
+def read_json(path: str) -> dict:
     try:
         with open(path) as f:
             return json.load(f)
     except (OSError, ValueError) as e:
         raise UserError(f"{path}: not a readable JSON file ({e})") from None
-
-
-def normalization_problem(directory: str, mean: tuple[float, ...], std: tuple[float, ...]) -> str | None:
-    """Why images normalised with (mean, std) are not the ones the directory's model was trained on (its
-    preprocessor_config.json, else its family's), or None."""
-    config = _read_json(os.path.join(directory, "config.json"))
-    family = FAMILIES.get(config.get("model_type", ""))
-    if family is None:
-        return None  # load_hf_vit names the model type
-    processor = os.path.join(directory, "preprocessor_config.json")
-    want_mean, want_std = NORMALIZATION[family]
-    if os.path.isfile(processor):
-        p = _read_json(processor)
-        want_mean, want_std = tuple(p.get("image_mean", want_mean)), tuple(p.get("image_std", want_std))
-    if np.allclose(mean, want_mean, atol=1e-4) and np.allclose(std, want_std, atol=1e-4):
-        return None
-    fmt = ", ".join
-    return (f"{directory} holds a {family} model trained on images normalised with mean ({fmt(map(str, want_mean))}) "
-            f"and std ({fmt(map(str, want_std))}): set --config.data.mean='({fmt(map(str, want_mean))})' "
-            f"--config.data.std='({fmt(map(str, want_std))})'")
 
 
 def hf_name(family: str, path: tuple[Any, ...]) -> str | tuple[str, int]:
@@ -155,8 +136,6 @@ def read_safetensors(directory: str) -> dict[str, np.ndarray]:
     if not files:
         raise UserError(f"{directory}: no *.safetensors file (save the model with save_pretrained, "
                         f"safe_serialization=True)")
-    from navee_jax.models.convert import read_state_dict  # its safetensors reading and one-line errors
-
     return {k: v for f in files for k, v in read_state_dict(f).items()}
 
 
@@ -165,7 +144,7 @@ def load_hf_vit(directory: str, *, rngs: nnx.Rngs | None = None) -> tuple[str, V
     config_path = os.path.join(directory, "config.json")
     if not os.path.isfile(config_path):
         raise UserError(f"{directory}: no config.json (a directory written by transformers' save_pretrained)")
-    config = _read_json(config_path)
+    config = read_json(config_path)
     tensors = read_safetensors(directory)
     family, spec = hf_spec(config, has_projection="visual_projection.weight" in tensors)
     model = ViT(spec, rngs=rngs or nnx.Rngs(0))
@@ -201,3 +180,15 @@ def fill_from_hf(model: ViT, family: str, tensors: Mapping[str, np.ndarray], sou
         raise UserError(f"{source}: unexpected tensor {extra[0]!r} that the {family} ViT does not have "
                         f"({len(extra)} in all; wrong architecture?)")
     nnx.update(model, nnx.from_flat_state(values))
+
+
+def pretrained_settings(directory: str) -> tuple[str, dict[str, Any]] | None:
+    """(family, preprocessing) of a converted or transformers model directory; None for anything else."""
+    if os.path.isfile(os.path.join(directory, VIT_JSON)):
+        meta = read_json(os.path.join(directory, VIT_JSON))
+        settings = meta["preprocessing"]
+        return meta["family"], {**settings, "mean": tuple(settings["mean"]), "std": tuple(settings["std"])}
+    if not os.path.isfile(os.path.join(directory, "config.json")):
+        return None
+    family = FAMILIES.get(read_json(os.path.join(directory, "config.json")).get("model_type", ""))
+    return None if family is None else (family, checkpoint_settings(directory, family))

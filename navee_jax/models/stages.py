@@ -23,6 +23,20 @@ def stage_names(model: nnx.Module) -> list[str]:
     return sorted(str(k) for k in nnx.state(model, nnx.Param)["backbone"].keys())
 
 
+def frozen_stages(model_cfg: Any, model: nnx.Module) -> tuple[str, ...]:
+    """The stages that do not train: `model_cfg.frozen_stages`, or with `train_last_blocks` >= 0 (a ViT) every
+    stage below its last n blocks."""
+    n = model_cfg.get("train_last_blocks", -1)
+    if n < 0:
+        return tuple(model_cfg.frozen_stages)
+    if not hasattr(model.backbone, "stages_before_last_blocks"):
+        raise UserError(f"model.train_last_blocks={n}: {model_cfg.backbone} has no blocks to count; it is for the "
+                        f"vit_* backbones (model.frozen_stages names the stages of the others)")
+    if model_cfg.frozen_stages:
+        raise UserError(f"model.train_last_blocks={n} chooses the frozen stages itself: set model.frozen_stages=()")
+    return model.backbone.stages_before_last_blocks(n)
+
+
 def trainable_filter(stages: tuple[str, ...]) -> Callable[[tuple[Any, ...], Any], bool]:
     """An NNX filter selecting the parameters that train: every nnx.Param outside the frozen stages."""
     prefixes = _prefixes(stages)

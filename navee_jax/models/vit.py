@@ -152,6 +152,15 @@ class ViT(nnx.Module):
                            if spec.projection_dim else None)
         self.out_features = spec.projection_dim or d
 
+    def stages_before_last_blocks(self, n: int) -> tuple[str, ...]:
+        """The stages (as `model.frozen_stages` names them) below the last n blocks: the patch embedding, the
+        tokens and positions, the pre-norm and the first depth - n blocks."""
+        if not 0 <= n <= self.spec.depth:
+            raise UserError(f"model.train_last_blocks={n}: this ViT has {self.spec.depth} blocks")
+        below = [name for name in ("patch", "cls_token", "registers", "positions", "pre_norm")
+                 if getattr(self, name) is not None]
+        return (*below, *(f"blocks.{i}" for i in range(self.spec.depth - n)))
+
     def position_embeddings(self, grid_h: int, grid_w: int) -> jax.Array:
         """(class token +) grid_h * grid_w position embeddings: the trained grid's, resized to this one."""
         pos = self.positions[...]
@@ -204,6 +213,12 @@ def _factory(size: str) -> Callable[..., ViT]:
 
 VIT_SIZES = {f"vit_{size.replace('/', '').lower()}": size for size in SIZES}  # vit_s16 -> S/16, ..., vit_l14
 VIT_BACKBONES = {name: _factory(size) for name, size in VIT_SIZES.items()}
+
+
+def backbone_name(spec: ViTSpec) -> str:
+    """The `model.backbone` of a loaded tower's size, e.g. 'vit_b16' (or its patch, width and depth)."""
+    named = [name for name in VIT_BACKBONES if matches_size(spec, name)]
+    return named[0] if named else f"a ViT of patch {spec.patch_size}, width {spec.dim} and depth {spec.depth}"
 
 
 def matches_size(spec: ViTSpec, backbone: str) -> bool:

@@ -41,6 +41,8 @@ from navee_jax.train_state import TrainState
 
 # The data config keys that decide what the network sees: a gallery made with other values is refused.
 PREPROCESSING_KEYS = ("image_size", "resize", "fill", "grayscale", "binarize", "mean", "std")
+# Added later: in the fingerprint only when not the value galleries made before them had (so that those still match).
+LATER_PREPROCESSING_KEYS = {"crop_fraction": 1.0, "interpolation": "bilinear"}
 # Model keys that matter after training (weights are compared by checksum; these name what differs).
 MODEL_KEYS = ("backbone", "width", "in_channels", "remove_top_layers", "compute_dtype", "embed_dim", "normalize",
               "head_batchnorm")
@@ -171,7 +173,9 @@ class Recognizer:
             # The shift averaging only when on, so that galleries from before the key still match.
             "model": {k: config.model[k] for k in MODEL_KEYS} | ({"tta_shift_px": shifts.px} if shifts else {}),
             "preprocessing": {k: (list(config.data[k]) if k in ("mean", "std") else config.data[k])
-                              for k in PREPROCESSING_KEYS},
+                              for k in PREPROCESSING_KEYS}
+                             | {k: config.data[k] for k, old in LATER_PREPROCESSING_KEYS.items()
+                                if config.data[k] != old},
             "weights_sha256": _tree_sha256(nnx.to_pure_dict(nnx.state(model))),
             "checkpoint": source,
         }

@@ -19,8 +19,8 @@ from navee_jax.data.catalogue import Catalogue
 from navee_jax.data.pipeline import augmented_batches, eval_batches
 
 # The data keys that change what the backbone sees (image_size and resizing, colour, normalisation, augmentation).
-DATA_KEYS = ("image_size", "resize", "fill", "grayscale", "binarize", "mean", "std", "flip", "rotation_deg",
-             "crop_scale_min", "translate_px", "affine")
+DATA_KEYS = ("image_size", "resize", "crop_fraction", "interpolation", "fill", "grayscale", "binarize", "mean", "std",
+             "flip", "rotation_deg", "crop_scale_min", "translate_px", "affine")
 
 
 def cache_key(catalogue: Catalogue, indices: np.ndarray, backbone_state: Any, config: ml_collections.ConfigDict,

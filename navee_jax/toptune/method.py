@@ -7,6 +7,7 @@ the usual EmbeddingNet (backbone + head): evaluation, checkpoints and the Recogn
 
 from __future__ import annotations
 
+import functools
 from typing import Iterator
 
 import jax
@@ -59,8 +60,9 @@ class TopTune(Method):
                             f"from its cached features; use triplet, multi_similarity, proxy_anchor, ...")
         if not config.model.embed_dim:
             raise UserError("model.embed_dim=0: top-tuning trains the head, so it needs one (e.g. 128)")
-        if config.model.frozen_stages:
-            raise UserError("model.frozen_stages: top-tuning freezes the whole backbone; set ()")
+        if config.model.frozen_stages or config.model.train_last_blocks >= 0:
+            raise UserError("model.frozen_stages / model.train_last_blocks: top-tuning freezes the whole backbone; "
+                            "unfreeze blocks in a second run from this one (model.init_workdir, configs/top_tune.py)")
 
     def sampler_kinds(self, config: ml_collections.ConfigDict) -> tuple[str, ...]:
         return ("pk",)
@@ -82,18 +84,23 @@ class TopTune(Method):
                                                           loss_params)
         state = jax.device_put(state, replicated(mesh))
         backbone_fn = make_embed_fn(eval_graphdef, mesh, prepare, forward=lambda m, x: m.backbone(x))
-        key = cache_key(catalogue, split.train, state.model_state["backbone"], config, config.top.views)
-        features, hit = cached_features(catalogue, split.train, config, key, lambda im: backbone_fn(state, im),
-                                        config.top.views, config.top.cache_dir)
-        print(f"feature cache: {features.shape[0]} view(s) of {features.shape[1]} training images, "
-              f"{features.shape[2]} features each, {'read from' if hit else 'computed into'} "
-              f"{config.top.cache_dir}/{key[:12]}...npy", flush=True)
+
+        @functools.cache  # when training first asks for a batch: --mode=evaluate never needs the features
+        def features() -> np.ndarray:
+            key = cache_key(catalogue, split.train, state.model_state["backbone"], config, config.top.views)
+            out, hit = cached_features(catalogue, split.train, config, key, lambda im: backbone_fn(state, im),
+                                       config.top.views, config.top.cache_dir)
+            print(f"feature cache: {out.shape[0]} view(s) of {out.shape[1]} training images, {out.shape[2]} "
+                  f"features each, {'read from' if hit else 'computed into'} {config.top.cache_dir}/{key[:12]}...npy",
+                  flush=True)
+            return out
+
         embed_fn = make_embed_fn(eval_graphdef, mesh, prepare, shifts=ShiftViews.from_config(config))
         return Trainer(
             state=state,
             train_step=make_train_step(graphdef, tx, objective.loss, mesh, None, frozen,
                                        forward=lambda m, f: m.embed_features(f), item_ndim=1),
-            batches=lambda epoch, n: feature_batches(features, catalogue.labels, split.train, config, epoch, n),
+            batches=lambda epoch, n: feature_batches(features(), catalogue.labels, split.train, config, epoch, n),
             replicated_keys=(), schedule=schedule, embed_fn=embed_fn,
             evaluators=(HeldoutEvaluator(catalogue, split, config, embed_fn, mesh),))
 

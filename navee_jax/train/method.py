@@ -14,6 +14,7 @@ import numpy as np
 from flax import nnx
 
 from navee_jax.backend import cpu_tuned
+from navee_jax.checkpoints import start_from_workdir
 from navee_jax.data.catalogue import Catalogue
 from navee_jax.data.pipeline import episode_batches, train_batches, tuple_batches
 from navee_jax.data.splits import Split
@@ -24,6 +25,7 @@ from navee_jax.losses import loss_entry, make_objective
 from navee_jax.losses.registry import Distance
 from navee_jax.method import Method, Trainer, register_method
 from navee_jax.models import build_model
+from navee_jax.models.stages import frozen_stages
 from navee_jax.sharding import check_divisible, replicated
 from navee_jax.train.step import init_train_state, make_train_step
 from navee_jax.train_state import make_optimizer, make_schedule
@@ -81,7 +83,9 @@ class MetricLearning(Method):
         tx = make_optimizer(config, schedule)
         prepare = image_normalizer(config.data, config.model.in_channels)
         model = build_model(config.model, nnx.Rngs(config.seed), config.data.image_size, cpu_tuned=cpu_tuned(mesh))
-        frozen = tuple(config.model.frozen_stages)
+        if config.model.init_workdir:
+            print(f"model: starts from {start_from_workdir(model, config.model.init_workdir)}", flush=True)
+        frozen = frozen_stages(config.model, model)
         loss_params = objective.init_params(jax.random.key(config.seed), model.out_features)
         graphdef, eval_graphdef, state = init_train_state(model, tx, config.model.frozen_batchnorm, frozen,
                                                           loss_params)
