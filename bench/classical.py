@@ -3,10 +3,12 @@ scratch with three seeds, HOG / raw-pixel / CNN features with kNN and an MLP, an
 stratified split (70 / 10 / 20 train / validation / test per class, split seed 0), each scored at articleType
 and read at subCategory and masterCategory (docs/classical.md).
 
-    python bench/classical.py [--root=runs/classical] [--seeds=0,1,2] [--only-report]
+    python bench/classical.py [--root=runs/classical] [--seeds=0,1,2] [--image-size=64]
 
 Trains the members it lacks (`configs/classifier.py:fashion` with `--config.seed=<s> --config.split.seed=0`,
-plus the overrides in CNN_OVERRIDES; a finished workdir is reused), then writes `<root>/table.md`. The kNN's k is
+plus the overrides in CNN_OVERRIDES; a finished workdir is reused; `--image-size` other than the config's 64
+trains them at that size, in `cnn<size>_seed<s>`, and computes the project's HOG at it too), then writes
+`<root>/table.md` (`<root>/table_<size>.md`). The kNN's k is
 chosen on the validation part, and the MLP's epoch (the study's 1,728-256-150-classes shape) too.
 """
 
@@ -30,10 +32,14 @@ LEVELS = ("articleType", "subCategory", "masterCategory")
 MLP_EPOCHS = 60  # the epoch is chosen on validation; on the study's HOG it peaked at 7 of 200 (2026-12-07)
 
 
-def train_member(root: str, seed: int) -> str:
-    workdir = os.path.join(root, f"cnn_seed{seed}")
+DEFAULT_SIZE = 64  # configs/classifier.py:fashion's data.image_size
+
+
+def train_member(root: str, seed: int, size: int) -> str:
+    at_size = [] if size == DEFAULT_SIZE else [f"--config.data.image_size={size}"]
+    workdir = os.path.join(root, f"cnn_seed{seed}" if size == DEFAULT_SIZE else f"cnn{size}_seed{seed}")
     train(["--config=configs/classifier.py:fashion", f"--config.seed={seed}", "--config.split.seed=0",
-           *CNN_OVERRIDES], workdir)
+           *CNN_OVERRIDES, *at_size], workdir)
     return workdir
 
 
@@ -63,6 +69,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--root", default=os.path.join(REPO, "runs", "classical"))
     p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--image-size", type=int, default=DEFAULT_SIZE, help="the CNN members' input size")
     a = p.parse_args()
     if not os.path.isdir(FASHION):
         sys.exit(f"skipped: {FASHION} is absent (the shared fashion photos, ../shared/data)")
@@ -74,7 +81,7 @@ def main() -> None:
     from navee_jax.recorded_config import read_config
 
     seeds = [int(s) for s in a.seeds.split(",")]
-    workdirs = [train_member(a.root, s) for s in seeds]
+    workdirs = [train_member(a.root, s, a.image_size) for s in seeds]
     config = read_config(workdirs[0])
     catalogue, split = prepare_data(config)
     scorer = LevelScorer(catalogue, split.train)
@@ -93,7 +100,8 @@ def main() -> None:
     members = [TrainedClassifier.load(w) for w in workdirs]
     for seed, w, cnn in zip(seeds, workdirs, members):
         test_probs[f"CNN seed {seed}"] = cnn.probabilities(catalogue, split.test)
-        add(f"CNN ({config.model.backbone}, from scratch), seed {seed}",
+        size = config.data.image_size
+        add(f"CNN ({config.model.backbone} at {size}x{size}, from scratch), seed {seed}",
             cnn.probabilities(catalogue, split.train).argmax(1), test_probs[f"CNN seed {seed}"].argmax(1),
             training_minutes(w))
     ytr, yva = labels[split.train], labels[split.validation]
@@ -120,10 +128,11 @@ def main() -> None:
         pred = soft_vote_predict(probs) if how == "soft" else hard_vote([q.argmax(1) for q in probs], n_classes)
         ensemble_rows.append((name, score(pred, split.test)))
         print(f"{name}: test {ensemble_rows[-1][1]}", flush=True)
-    write_table(a.root, rows, ensemble_rows, split)
+    write_table(a.root, rows, ensemble_rows, split,
+                "table.md" if a.image_size == DEFAULT_SIZE else f"table_{a.image_size}.md")
 
 
-def write_table(root: str, rows, ensemble_rows, split) -> None:
+def write_table(root: str, rows, ensemble_rows, split, name: str) -> None:
     head = " | ".join(f"test {lvl}" for lvl in LEVELS)
     lines = [f"Test: {len(split.test)} images; train: {len(split.train)}; validation: {len(split.validation)}.", "",
              f"| method | {head} | " + " | ".join(f"train {lvl}" for lvl in LEVELS) + " | training time |",
@@ -133,7 +142,7 @@ def write_table(root: str, rows, ensemble_rows, split) -> None:
     lines += ["", f"| ensemble | {head} |", "|---|" + "---|" * len(LEVELS)]
     for name, test in ensemble_rows:
         lines.append(f"| {name} | " + " | ".join(f"{100 * x:.1f}" for x in test) + " |")
-    with open(os.path.join(root, "table.md"), "w") as f:
+    with open(os.path.join(root, name), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -166,10 +166,16 @@ def unwrap_arrays(tree: Any) -> Any:
     return tree
 
 
+def workdir_and_checkpoint(spec: str) -> tuple[str, str]:
+    """(workdir, checkpoint) of `<workdir>` (its best checkpoint) or `<workdir>:<best|latest|step>`."""
+    head, _, tail = spec.rpartition(":")
+    return (head, tail) if head and (tail in ("best", "latest") or tail.isdigit()) else (spec, "best")
+
+
 def start_from_workdir(model: nnx.Module, spec: str) -> str:
     """Fills every variable of `model` (backbone and head) from a trained workdir, `spec` being `<workdir>` (its
     best checkpoint) or `<workdir>:<best|latest|step>`; returns the checkpoint's folder."""
-    workdir, _, checkpoint = spec.rpartition(":") if ":" in spec else (spec, "", "best")
+    workdir, checkpoint = workdir_and_checkpoint(spec)
     step, restored = restore_arrays(workdir, checkpoint)
     where = f"{workdir}/checkpoints/{step}"
     load_weights_into(model, restored, where, f"model.init_workdir={spec!r}: its checkpoint does not fit this "

@@ -367,7 +367,9 @@ def _init_workdir(c: ml_collections.ConfigDict) -> str | None:
     if c.get("method", "metric_learning") != "metric_learning":
         return (f"starts a metric-learning run from a trained one, but method={c.method!r} builds its own network: "
                 f"set '' (or method='metric_learning')")
-    workdir = spec.rpartition(":")[0] if ":" in spec else spec
+    from navee_jax.checkpoints import workdir_and_checkpoint
+
+    workdir, _ = workdir_and_checkpoint(spec)
     if not os.path.isdir(os.path.join(workdir, "checkpoints")):
         return f"{workdir!r} is not a trained workdir (no checkpoints/ in it): train it first, or fix the path"
     return None

@@ -4,12 +4,11 @@ transformers' ViTs (CLIP, DINOv2, SigLIP: navee_jax.models.hf_vit) through the s
     python -m navee_jax.models.convert --arch=resnet18 --src=resnet18-f37072fd.pth --out=weights/resnet18
     python -m navee_jax.models.convert --arch=hf_vit --src=path/to/dinov2-base --out=weights/dinov2-base
 
-A ViT's checkpoint has vit.json beside it: the family, the architecture and the image preprocessing of its
-processor (navee_jax.models.hf_preprocessing), which the command prints as the flags to train with.
-
 writes an Orbax checkpoint of the converted model, which `load_pretrained` (like the
 `model.pretrained` config key) reads back, as it reads .pth / .pt / .safetensors files directly.
-Converting once spares every training run the PyTorch dependency.
+Converting once spares every training run the PyTorch dependency. A ViT's checkpoint has vit.json beside it: the
+family, the architecture and the image preprocessing of its processor (navee_jax.models.hf_preprocessing), which
+the command prints as the flags to train with.
 
 The mapping is by name: the backbones' attribute paths are torchvision's state_dict names
 (conv1, layer1.0.bn2, features.0, classifier.6, ...), except Flax leaf names (kernel / scale / mean /
@@ -42,7 +41,7 @@ from navee_jax.models.hf_preprocessing import checkpoint_settings
 from navee_jax.models.hf_vit import VIT_JSON, load_hf_vit, pretrained_settings, read_json
 from navee_jax.models.resnet import ResNet, resnet18, resnet50
 from navee_jax.models.vgg import POOLED_SIZE, VGG, vgg16, vgg16_bn
-from navee_jax.models.vit import ViT, ViTSpec, backbone_name
+from navee_jax.models.vit import VIT_BACKBONES, ViT, ViTSpec, backbone_name
 from navee_jax.models.weight_files import first_line, read_state_dict
 
 # What converted weights fill: parameters and BatchNorm running statistics (not e.g. dropout RNG state).
@@ -272,12 +271,15 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.arch == HF_VIT:
             family, model = convert_hf_vit(args.src, args.out)
-            name = f"{family} {backbone_name(model.spec)}"
+            backbone = backbone_name(model.spec)
+            name = f"{family} {backbone}"
             _, settings = pretrained_settings(args.out)
-            use = (f"\nuse it with --config.model.backbone={backbone_name(model.spec)} "
-                   f"--config.model.pretrained={args.out} " + " ".join(
-                       f"--config.data.{k}=" + (f"'{tuple(v)}'" if isinstance(v, (list, tuple)) else f"{v}")
-                       for k, v in settings.items()))
+            flags = [f"--config.model.backbone={backbone}"] if backbone in VIT_BACKBONES else []
+            flags += [f"--config.model.pretrained={args.out}"] + [
+                f"--config.data.{k}=" + (f"'{tuple(v)}'" if isinstance(v, (list, tuple)) else f"{v}")
+                for k, v in settings.items()]
+            use = "\nuse it with " + " ".join(flags) + ("" if flags[0].startswith("--config.model.backbone") else
+                                                         "\n(no model.backbone has this size yet: vit.py's SIZES)")
         else:
             model, name, use = convert(args.arch, args.src, args.out), args.arch, ""
     except UserError as e:

@@ -66,8 +66,10 @@ class ViTSpec:
             raise UserError(f"ViT image_size {self.image_size} is not a multiple of its patch {self.patch_size}")
 
 
-# The standard sizes (Dosovitskiy et al.; L/14 as CLIP's and DINOv2's).
+# The standard sizes (Dosovitskiy et al.), and DINOv2's patch-14 ones (S/14, B/14; L/14 is also CLIP's).
 SIZES = {"S/16": dict(patch_size=16, dim=384, depth=12, heads=6, mlp_dim=1536),
+         "S/14": dict(patch_size=14, dim=384, depth=12, heads=6, mlp_dim=1536),
+         "B/14": dict(patch_size=14, dim=768, depth=12, heads=12, mlp_dim=3072),
          "B/16": dict(patch_size=16, dim=768, depth=12, heads=12, mlp_dim=3072),
          "B/32": dict(patch_size=32, dim=768, depth=12, heads=12, mlp_dim=3072),
          "L/14": dict(patch_size=14, dim=1024, depth=24, heads=16, mlp_dim=4096)}
