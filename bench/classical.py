@@ -98,12 +98,15 @@ def main() -> None:
         print(f"{name}: test {rows[-1][2]}", flush=True)
 
     members = [TrainedClassifier.load(w) for w in workdirs]
-    for seed, w, cnn in zip(seeds, workdirs, members):
-        test_probs[f"CNN seed {seed}"] = cnn.probabilities(catalogue, split.test)
-        size = config.data.image_size
-        add(f"CNN ({config.model.backbone} at {size}x{size}, from scratch), seed {seed}",
-            cnn.probabilities(catalogue, split.train).argmax(1), test_probs[f"CNN seed {seed}"].argmax(1),
-            training_minutes(w))
+    size = config.data.image_size
+    for mirrored in (False, True):  # then each photo's and its mirror image's probabilities averaged (test time)
+        for seed, w, cnn in zip(seeds, workdirs, members):
+            name = f"CNN seed {seed}" + (", mirror-averaged" if mirrored else "")
+            test_probs[name] = cnn.probabilities(catalogue, split.test, mirrored)
+            add(f"CNN ({config.model.backbone} at {size}x{size}, from scratch), seed {seed}"
+                + (", each photo's and its mirror image's probabilities averaged" if mirrored else ""),
+                cnn.probabilities(catalogue, split.train, mirrored).argmax(1), test_probs[name].argmax(1),
+                "" if mirrored else training_minutes(w))
     ytr, yva = labels[split.train], labels[split.validation]
     for name, (tr, va, te) in feature_sets(catalogue, split, config, members[0]).items():
         tr, va, te = standardize(tr, va, te)
@@ -120,6 +123,8 @@ def main() -> None:
     hog_knn = hog[:-len("MLP")] + "kNN"
     ensembles = {f"soft vote of the {len(seeds)} CNN seeds": ("soft", cnn_names),
                  f"hard vote of the {len(seeds)} CNN seeds": ("hard", cnn_names),
+                 f"soft vote of the {len(seeds)} CNN seeds, mirror-averaged": (
+                     "soft", [f"{n}, mirror-averaged" for n in cnn_names]),
                  "soft vote of CNN seed 0 + study HOG MLP + study HOG kNN": ("soft", [cnn_names[0], hog, hog_knn]),
                  "hard vote of CNN seed 0 + study HOG MLP + study HOG kNN": ("hard", [cnn_names[0], hog, hog_knn])}
     ensemble_rows = []

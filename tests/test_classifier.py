@@ -174,6 +174,7 @@ def test_a_short_classifier_run_learns_and_its_workdir_reads_back_as_its_evaluat
     from PIL import Image
 
     from navee_jax.classify.trained import TrainedClassifier
+    from navee_jax.data.catalogue import Catalogue
     from navee_jax.data.sources import load_catalogue
     from navee_jax.recognize.category import predict_categories
 
@@ -191,6 +192,13 @@ def test_a_short_classifier_run_learns_and_its_workdir_reads_back_as_its_evaluat
     classifier = TrainedClassifier.load(str(workdir), "latest")
     catalogue = load_catalogue(classifier.config.data)
     test = [int(ref.split("[")[1][:-1]) for ref in json.loads((workdir / "splits.json").read_text())["query"]]
+    # Test-time flip averaging: the mean of the probabilities of each image and of its mirror image (made here,
+    # before the resize: a few pixels round to another grey level, hence the tolerance, 100x below the effect).
+    mirror = Catalogue("mirror", catalogue.labels[test], catalogue.class_names,
+                       pixels=np.ascontiguousarray(catalogue.pixels[test][:, :, ::-1]))
+    want = (classifier.probabilities(catalogue, test) + classifier.probabilities(mirror, np.arange(len(test)))) / 2
+    np.testing.assert_allclose(classifier.probabilities(catalogue, test, mirrored=True), want, atol=3e-4)
+    assert np.abs(want - classifier.probabilities(catalogue, test)).max() > 3e-2
     predictions = predict_categories(classifier, catalogue.pixels[test], k=3)
     top1 = np.array([p.top_k[0][0] for p in predictions])
     truth = np.array([catalogue.class_names[catalogue.labels[i]] for i in test])

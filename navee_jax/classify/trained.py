@@ -9,6 +9,7 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
@@ -41,6 +42,9 @@ class TrainedClassifier:
         self._state = TrainState(np.zeros((), np.int32), params, rest, {}, ())  # only params and model_state read
         self._graphdef, self._prepare, self._truncated = graphdef, prepare, {}
         self._logits = make_embed_fn(graphdef, self.mesh, prepare)
+        # the logits of each image and of its mirror image side by side (test-time flip averaging)
+        self._mirrored_logits = make_embed_fn(graphdef, self.mesh, prepare,
+                                              forward=lambda m, x: jnp.concatenate([m(x), m(x[:, :, ::-1])], axis=1))
         self._features = make_embed_fn(graphdef, self.mesh, prepare, forward=lambda m, x: m.backbone(x))
 
     @classmethod
@@ -64,9 +68,14 @@ class TrainedClassifier:
                                bs, self.mesh)
         return np.asarray(jax.device_get(out), np.float32)
 
-    def probabilities(self, catalogue: Catalogue, indices: np.ndarray) -> np.ndarray:
-        """(n, C) softmax probabilities of the catalogue images at `indices` (un-augmented)."""
-        return softmax(self._run(self._logits, catalogue, indices), axis=1)
+    def probabilities(self, catalogue: Catalogue, indices: np.ndarray, mirrored: bool = False) -> np.ndarray:
+        """(n, C) softmax probabilities of the catalogue images at `indices` (un-augmented); `mirrored`: the mean
+        of each image's and its left-right mirror image's (for a network trained with data.flip)."""
+        if not mirrored:
+            return softmax(self._run(self._logits, catalogue, indices), axis=1)
+        both = self._run(self._mirrored_logits, catalogue, indices)
+        n_classes = both.shape[1] // 2
+        return (softmax(both[:, :n_classes], axis=1) + softmax(both[:, n_classes:], axis=1)) / 2
 
     def features(self, catalogue: Catalogue, indices: np.ndarray) -> np.ndarray:
         """(n, D) backbone features (before the class head) of the catalogue images at `indices`."""
