@@ -137,7 +137,7 @@ def main() -> None:
                 "table.md" if a.image_size == DEFAULT_SIZE else f"table_{a.image_size}.md")
 
 
-def write_table(root: str, rows, ensemble_rows, split, name: str) -> None:
+def write_table(root: str, rows, ensemble_rows, split, filename: str) -> None:
     head = " | ".join(f"test {lvl}" for lvl in LEVELS)
     lines = [f"Test: {len(split.test)} images; train: {len(split.train)}; validation: {len(split.validation)}.", "",
              f"| method | {head} | " + " | ".join(f"train {lvl}" for lvl in LEVELS) + " | training time |",
@@ -147,7 +147,7 @@ def write_table(root: str, rows, ensemble_rows, split, name: str) -> None:
     lines += ["", f"| ensemble | {head} |", "|---|" + "---|" * len(LEVELS)]
     for name, test in ensemble_rows:
         lines.append(f"| {name} | " + " | ".join(f"{100 * x:.1f}" for x in test) + " |")
-    with open(os.path.join(root, name), "w") as f:
+    with open(os.path.join(root, filename), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
 
