@@ -76,7 +76,7 @@ def main() -> None:
     from navee_jax.classify.evaluator import LevelScorer
     from navee_jax.classify.trained import TrainedClassifier
     from navee_jax.evaluate.feature_classifiers import choose_k, knn_proba, mlp_fit_predict_proba, standardize
-    from navee_jax.evaluate.voting import hard_vote, soft_vote_predict
+    from navee_jax.evaluate.voting import hard_vote, soft_vote, soft_vote_predict
     from navee_jax.launcher.train import prepare_data
     from navee_jax.recorded_config import read_config
 
@@ -133,11 +133,27 @@ def main() -> None:
         pred = soft_vote_predict(probs) if how == "soft" else hard_vote([q.argmax(1) for q in probs], n_classes)
         ensemble_rows.append((name, score(pred, split.test)))
         print(f"{name}: test {ensemble_rows[-1][1]}", flush=True)
-    write_table(a.root, rows, ensemble_rows, split,
+        if how == "soft":
+            test_probs[name] = soft_vote(probs)
+    # The CNN against HOG + MLP on the same test photos, paired: the photos only one of the two gets right.
+    right = {name: test_probs[name].argmax(1) == labels[split.test] for name in test_probs}
+    hog_mlps = [n for n in test_probs if n.startswith("HOG") and n.endswith("MLP")]
+    cnns = [n for n in test_probs if n.startswith("CNN seed") or n.startswith(f"soft vote of the {len(seeds)}")]
+    paired_rows = [(cnn, hog_mlp, *mcnemar(right[cnn], right[hog_mlp])) for cnn in cnns for hog_mlp in hog_mlps]
+    write_table(a.root, rows, ensemble_rows, split, paired_rows,
                 "table.md" if a.image_size == DEFAULT_SIZE else f"table_{a.image_size}.md")
 
 
-def write_table(root: str, rows, ensemble_rows, split, filename: str) -> None:
+def mcnemar(a_right: np.ndarray, b_right: np.ndarray) -> tuple[int, int, float]:
+    """(photos only a gets right, only b gets right, McNemar's exact two-sided p-value: a binomial test of the
+    discordant photos, as likely either way if a and b are equally accurate)."""
+    from scipy.stats import binomtest
+
+    only_a, only_b = int(np.sum(a_right & ~b_right)), int(np.sum(b_right & ~a_right))
+    return only_a, only_b, float(binomtest(only_a, only_a + only_b, 0.5).pvalue) if only_a + only_b else 1.0
+
+
+def write_table(root: str, rows, ensemble_rows, split, paired_rows, filename: str) -> None:
     head = " | ".join(f"test {lvl}" for lvl in LEVELS)
     lines = [f"Test: {len(split.test)} images; train: {len(split.train)}; validation: {len(split.validation)}.", "",
              f"| method | {head} | " + " | ".join(f"train {lvl}" for lvl in LEVELS) + " | training time |",
@@ -147,6 +163,10 @@ def write_table(root: str, rows, ensemble_rows, split, filename: str) -> None:
     lines += ["", f"| ensemble | {head} |", "|---|" + "---|" * len(LEVELS)]
     for name, test in ensemble_rows:
         lines.append(f"| {name} | " + " | ".join(f"{100 * x:.1f}" for x in test) + " |")
+    lines += ["", "| paired on the test photos (articleType) | right only by the first | right only by the second | "
+              "McNemar exact p |", "|---|---|---|---|"]
+    for first, second, only_first, only_second, p in paired_rows:
+        lines.append(f"| {first} vs {second} | {only_first} | {only_second} | {p:.3g} |")
     with open(os.path.join(root, filename), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
