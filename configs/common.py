@@ -135,7 +135,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     # vit_*: only the last n blocks (and the final norm, pooling, projection and head) train; -1: every block
     # (e.g. after top-tuning, with model.init_workdir: configs/top_tune.py)
     c.model.train_last_blocks = -1
-    c.model.init_workdir = ""  # a trained workdir (`dir` or `dir:best|latest|<step>`) whose model this run starts from
+    c.model.init_workdir = ""  # a trained workdir (or `<it>/checkpoints/<step>`) whose model this run starts from
 
     c.top = ml_collections.ConfigDict()  # method='top_tune' (configs/top_tune.py)
     c.top.views = 1  # cached views of each training image: the plain one, then augmented ones

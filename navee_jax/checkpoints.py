@@ -166,16 +166,19 @@ def unwrap_arrays(tree: Any) -> Any:
     return tree
 
 
-def workdir_and_checkpoint(spec: str) -> tuple[str, str]:
-    """(workdir, checkpoint) of `<workdir>` (its best checkpoint) or `<workdir>:<best|latest|step>`."""
-    head, _, tail = spec.rpartition(":")
-    return (head, tail) if head and (tail in ("best", "latest") or tail.isdigit()) else (spec, "best")
+def split_workdir(path: str) -> tuple[str, str]:
+    """(workdir, checkpoint) from a workdir (its best checkpoint) or a `<workdir>/checkpoints/<step>` folder."""
+    path = os.path.abspath(path)
+    parent = os.path.dirname(path)
+    if os.path.basename(path).isdigit() and os.path.basename(parent) == "checkpoints":
+        return os.path.dirname(parent), os.path.basename(path)
+    return path, "best"
 
 
 def start_from_workdir(model: nnx.Module, spec: str) -> str:
-    """Fills every variable of `model` (backbone and head) from a trained workdir, `spec` being `<workdir>` (its
-    best checkpoint) or `<workdir>:<best|latest|step>`; returns the checkpoint's folder."""
-    workdir, checkpoint = workdir_and_checkpoint(spec)
+    """Fills every variable of `model` (backbone and head) from a trained workdir's best checkpoint, or from a
+    `<workdir>/checkpoints/<step>` folder (as the Recognizer reads them); returns the checkpoint's folder."""
+    workdir, checkpoint = split_workdir(spec)
     step, restored = restore_arrays(workdir, checkpoint)
     where = f"{workdir}/checkpoints/{step}"
     load_weights_into(model, restored, where, f"model.init_workdir={spec!r}: its checkpoint does not fit this "

@@ -2,6 +2,8 @@
 ViT's `model.train_last_blocks` trains exactly its last n blocks and what follows them, and the MLP head
 (`model.head_hidden`) is the NumPy formula."""
 
+import os
+
 import jax
 import numpy as np
 import optax
@@ -36,7 +38,8 @@ def test_a_run_started_from_a_top_tuned_workdir_embeds_as_that_workdir(tmp_path)
     rec = Recognizer.load(str(tmp_path / "top"))
 
     cfg = _tiny(triplet.get_config("digits"))
-    cfg.model.head_hidden, cfg.model.init_workdir = 24, f"{tmp_path / 'top'}:latest"
+    last = max(int(s) for s in os.listdir(tmp_path / "top" / "checkpoints") if s.isdigit())
+    cfg.model.head_hidden, cfg.model.init_workdir = 24, str(tmp_path / "top" / "checkpoints" / str(last))
     setup = build_setup(cfg)
     images = next(eval_batches(setup.catalogue, setup.split.query[:16], cfg.data, 16))
     started = np.asarray(setup.trainer.embed_fn(setup.trainer.state, images))

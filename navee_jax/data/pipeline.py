@@ -131,8 +131,8 @@ def _image_fn(catalogue: Catalogue, data: ml_collections.ConfigDict, train: bool
         if train and data.crop_scale_min < 1:
             img = augment.random_resized_crop(img, seed, data.image_size, data.crop_scale_min)
         else:
-            img = augment.resize(img, data.image_size, data.resize, data.fill, data.get("crop_fraction", 1.0),
-                                 data.get("interpolation", "bilinear"))
+            img = augment.resize(img, data.image_size, data.resize, data.fill, data.crop_fraction,
+                                 data.interpolation)
         if train:
             img = augment.geometry_and_colour(img, seed, data)
         if data.grayscale or data.binarize:

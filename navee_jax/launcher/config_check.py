@@ -275,7 +275,7 @@ def _drawn_classes(c: ml_collections.ConfigDict) -> str | None:
 def _pretrained_preprocessing(c: ml_collections.ConfigDict) -> str | None:
     """A pretrained ViT sees images resized, cropped and normalised as its own training's were (the gallery
     fingerprint keeps these data keys, so the choice travels with every embedding)."""
-    if c.model.backbone not in VIT_BACKBONES or not c.model.pretrained or not os.path.isdir(c.model.pretrained):
+    if c.model.backbone not in VIT_BACKBONES or not os.path.isdir(c.model.pretrained):
         return None
     from navee_jax.models.hf_preprocessing import settings_problem
     from navee_jax.models.hf_vit import pretrained_settings
@@ -327,37 +327,41 @@ def _method_settings(c: ml_collections.ConfigDict) -> str | None:
     return None
 
 
-def _frozen_stages(c: ml_collections.ConfigDict) -> str | None:
-    """Each name must be a stage of this backbone (and model.train_last_blocks fit it): models.stages walks the
-    network, here an abstract one (shapes only, nothing allocated, no pretrained file read)."""
-    if not c.model.frozen_stages and c.model.train_last_blocks < 0:
-        return None
+def _abstract_model(c: ml_collections.ConfigDict) -> Any:
+    """The network of the checked keys, abstract (shapes only, nothing allocated, no pretrained file read)."""
     from flax import nnx
 
     from navee_jax.models import build_model
-    from navee_jax.models.stages import freeze_stages, frozen_stages
 
     model_cfg = ml_collections.ConfigDict(c.model.to_dict())
     model_cfg.pretrained = ""
-    model = nnx.eval_shape(lambda: build_model(model_cfg, nnx.Rngs(0), c.data.image_size))
+    return nnx.eval_shape(lambda: build_model(model_cfg, nnx.Rngs(0), c.data.image_size))
+
+
+def _frozen_stages(c: ml_collections.ConfigDict) -> str | None:
+    """Each name must be a stage of this backbone: models.stages.freeze_stages walks the network."""
+    if not c.model.frozen_stages:
+        return None
+    from navee_jax.models.stages import freeze_stages
+
     try:
-        freeze_stages(model, frozen_stages(c.model, model))
+        freeze_stages(_abstract_model(c), tuple(c.model.frozen_stages))
     except UserError as e:
         return str(e).removeprefix("model.frozen_stages: ")
     return None
 
 
 def _train_last_blocks(c: ml_collections.ConfigDict) -> str | None:
-    n = c.model.train_last_blocks
-    if n < 0:
+    """A ViT's blocks to count, not beside model.frozen_stages: models.stages.frozen_stages says which is wrong."""
+    if c.model.train_last_blocks < 0:
         return None
-    if c.model.backbone not in VIT_BACKBONES:
-        return (f"counts a ViT's blocks, but model.backbone={c.model.backbone!r}: use -1 (model.frozen_stages "
-                f"names this backbone's stages)")
-    if c.model.frozen_stages:
-        return "chooses the frozen stages itself: set model.frozen_stages=() (or this to -1)"
-    depth = SIZES[VIT_SIZES[c.model.backbone]]["depth"]
-    return None if n <= depth else f"{c.model.backbone} has {depth} blocks: use 0 to {depth} (or -1: all train)"
+    from navee_jax.models.stages import frozen_stages
+
+    try:
+        frozen_stages(c.model, _abstract_model(c))
+    except UserError as e:
+        return str(e).split(": ", 1)[1]  # without its "model.train_last_blocks=n" prefix
+    return None
 
 
 def _init_workdir(c: ml_collections.ConfigDict) -> str | None:
@@ -367,9 +371,9 @@ def _init_workdir(c: ml_collections.ConfigDict) -> str | None:
     if c.get("method", "metric_learning") != "metric_learning":
         return (f"starts a metric-learning run from a trained one, but method={c.method!r} builds its own network: "
                 f"set '' (or method='metric_learning')")
-    from navee_jax.checkpoints import workdir_and_checkpoint
+    from navee_jax.checkpoints import split_workdir
 
-    workdir, _ = workdir_and_checkpoint(spec)
+    workdir, _ = split_workdir(spec)
     if not os.path.isdir(os.path.join(workdir, "checkpoints")):
         return f"{workdir!r} is not a trained workdir (no checkpoints/ in it): train it first, or fix the path"
     return None
@@ -421,9 +425,10 @@ CROSS: list[tuple[str, Callable[[ml_collections.ConfigDict], str | None]]] = [
     ("model.head_hidden", lambda c: None if not c.model.head_hidden or c.model.embed_dim else
      "an MLP head needs a projection: set model.embed_dim > 0, or model.head_hidden=0"),
     ("model.init_workdir", _init_workdir),
-    ("model.train_last_blocks", _train_last_blocks),
     ("method", _method_settings),
-    ("model.frozen_stages", _frozen_stages),  # last: it builds the (abstract) network from the checked keys
+    # last: these build the (abstract) network from the checked keys
+    ("model.train_last_blocks", _train_last_blocks),
+    ("model.frozen_stages", _frozen_stages),
 ]
 
 _MISSING = object()

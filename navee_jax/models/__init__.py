@@ -61,7 +61,7 @@ def build_model(cfg: ml_collections.ConfigDict, rngs: nnx.Rngs, image_size: int,
         backbone.set_attributes(dtype=COMPUTE_DTYPES[cfg.compute_dtype], raise_if_not_found=False)
     if cpu_tuned:
         tune_for_cpu(backbone)
-    return EmbeddingNet(backbone, cfg.embed_dim, cfg.normalize, cfg.head_batchnorm, cfg.get("head_hidden", 0),
+    return EmbeddingNet(backbone, cfg.embed_dim, cfg.normalize, cfg.head_batchnorm, cfg.head_hidden,
                         rngs=rngs)
 
 

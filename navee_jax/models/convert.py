@@ -37,7 +37,7 @@ from flax import nnx
 
 from navee_jax.cli import fail
 from navee_jax.errors import UserError
-from navee_jax.models.hf_preprocessing import checkpoint_settings
+from navee_jax.models.hf_preprocessing import checkpoint_settings, data_flags
 from navee_jax.models.hf_vit import VIT_JSON, load_hf_vit, pretrained_settings, read_json
 from navee_jax.models.resnet import ResNet, resnet18, resnet50
 from navee_jax.models.vgg import POOLED_SIZE, VGG, vgg16, vgg16_bn
@@ -275,9 +275,7 @@ def main(argv: list[str] | None = None) -> None:
             name = f"{family} {backbone}"
             _, settings = pretrained_settings(args.out)
             flags = [f"--config.model.backbone={backbone}"] if backbone in VIT_BACKBONES else []
-            flags += [f"--config.model.pretrained={args.out}"] + [
-                f"--config.data.{k}=" + (f"'{tuple(v)}'" if isinstance(v, (list, tuple)) else f"{v}")
-                for k, v in settings.items()]
+            flags += [f"--config.model.pretrained={args.out}", data_flags(settings)]
             use = "\nuse it with " + " ".join(flags) + ("" if flags[0].startswith("--config.model.backbone") else
                                                          "\n(no model.backbone has this size yet: vit.py's SIZES)")
         else:

@@ -81,12 +81,16 @@ def _same(a: Any, b: Any) -> bool:
     return bool(np.allclose(np.asarray(a, float), np.asarray(b, float), atol=1e-4))
 
 
-def _flag_value(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, tuple):
-        return "'(" + ", ".join(str(v) for v in value) + ")'"
-    return f"{value:g}"
+def data_flags(settings: dict[str, Any], keys: Any = None) -> str:
+    """`--config.data.<key>=<value>` of `settings` (its `keys`, default all), as a shell takes them."""
+    def value(v: Any) -> str:
+        if isinstance(v, str):
+            return v
+        if isinstance(v, (tuple, list)):
+            return "'(" + ", ".join(str(x) for x in v) + ")'"
+        return f"{v:g}"
+
+    return " ".join(f"--config.data.{k}={value(settings[k])}" for k in (keys or settings))
 
 
 def settings_problem(source: str, family: str, want: dict[str, Any], data: ml_collections.ConfigDict) -> str | None:
@@ -101,4 +105,4 @@ def settings_problem(source: str, family: str, want: dict[str, Any], data: ml_co
     values = lambda v: "(" + ", ".join(map(str, v)) + ")"  # noqa: E731
     return (f"{source} holds a {family} model trained on images {how} ({want['interpolation']}), normalised with "
             f"mean {values(want['mean'])} and std {values(want['std'])}: set "
-            + " ".join(f"--config.data.{k}={_flag_value(want[k])}" for k in wrong))
+            + data_flags(want, wrong))

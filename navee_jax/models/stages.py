@@ -26,7 +26,7 @@ def stage_names(model: nnx.Module) -> list[str]:
 def frozen_stages(model_cfg: Any, model: nnx.Module) -> tuple[str, ...]:
     """The stages that do not train: `model_cfg.frozen_stages`, or with `train_last_blocks` >= 0 (a ViT) every
     stage below its last n blocks."""
-    n = model_cfg.get("train_last_blocks", -1)
+    n = model_cfg.train_last_blocks
     if n < 0:
         return tuple(model_cfg.frozen_stages)
     if not hasattr(model.backbone, "stages_before_last_blocks"):

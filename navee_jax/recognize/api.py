@@ -33,7 +33,7 @@ from navee_jax.errors import UserError
 from navee_jax.embed import ShiftViews, embed_in_batches, image_normalizer, make_embed_fn
 from navee_jax.models import build_model
 from navee_jax.recognize.gallery import Gallery
-from navee_jax.checkpoints import load_weights_into, restore_arrays, unwrap_arrays
+from navee_jax.checkpoints import load_weights_into, restore_arrays, split_workdir, unwrap_arrays
 from navee_jax.sharding import check_divisible, make_mesh
 from navee_jax.method import method_of
 from navee_jax.recorded_config import read_config
@@ -61,15 +61,6 @@ class Prediction:
     unknown: bool | None
     top_k: list[tuple[str, float]]
     error: str | None = None
-
-
-def _split_workdir(path: str) -> tuple[str, str]:
-    """(workdir, checkpoint) from a workdir or a `<workdir>/checkpoints/<step>` folder."""
-    path = os.path.abspath(path)
-    parent = os.path.dirname(path)
-    if os.path.basename(path).isdigit() and os.path.basename(parent) == "checkpoints":
-        return os.path.dirname(parent), os.path.basename(path)
-    return path, "best"
 
 
 def _tree_sha256(tree: Any) -> str:
@@ -190,7 +181,7 @@ class Recognizer:
     def load(cls, path: str, checkpoint: str | None = None, batch_size: int | None = None) -> Recognizer:
         """From a training workdir (its `checkpoint`: best, latest or a step; default best) or a
         `<workdir>/checkpoints/<step>` folder."""
-        workdir, default = _split_workdir(path)
+        workdir, default = split_workdir(path)
         checkpoint = checkpoint or default
         config = read_config(workdir, path)
         problem = method_of(config).recognition_problem(config)
