@@ -115,6 +115,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.model.backbone = "resnet18"  # resnet18 | resnet50 | conv4 | koch | vgg16 | vgg16_bn
     c.model.width = 64  # channels of the first stage (64 in every paper's network; pretrained weights need 64)
     c.model.block_widths = ()  # conv4: each of its four blocks' filters, e.g. (64, 64, 128, 128); () = width in all
+    # conv4: the last block max-pools its whole map (at 28x28 its 2x2 pool reads only the top-left 2x2 of 3x3)
+    c.model.global_pool = False
     c.model.in_channels = 3  # 1 (e.g. Koch's 105x105x1) feeds one channel of data.grayscale / data.binarize images
     c.model.remove_top_layers = 1  # vgg*: drop the top n of [fc6, ReLU, Dropout, fc7, ReLU, Dropout, fc8]; 1 = fc7
     c.model.pretrained = ""  # '' random init; a dir from `python -m navee_jax.models.convert` or a .pth/.safetensors

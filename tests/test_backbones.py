@@ -71,6 +71,31 @@ def test_conv4_block_widths_parameter_count_by_hand_and_features():
         conv4(rngs=nnx.Rngs(0), image_size=28, block_widths=(8, 16))
 
 
+@pytest.mark.parametrize("image_size", [28, 32])
+def test_conv4_global_pool_reads_the_whole_last_map(image_size):
+    """The 2x2 pool reads the top-left windows of the last map (at 28x28 only 2x2 of its 3x3 positions);
+    `global_pool` reads every position: NumPy maxima of the last block's activations. MAML's pool swap
+    (use_matmul_convs) keeps the global pool."""
+    from navee_jax.meta.conv import use_matmul_convs
+
+    x = jax.random.uniform(jax.random.key(1), (3, image_size, image_size, 1))
+    windows = conv4(rngs=nnx.Rngs(0), in_channels=1, image_size=image_size, block_widths=(4, 4, 8, 6))
+    whole = conv4(rngs=nnx.Rngs(0), in_channels=1, image_size=image_size, block_widths=(4, 4, 8, 6),
+                  global_pool=True)
+    windows.eval(), whole.eval()
+    h = x
+    for block in windows.blocks[:3]:
+        h = block(h)
+    last = windows.blocks[3]
+    act = np.asarray(nnx.relu(last.bn(last.conv(h))))  # (3, s, s, 6), s = image_size // 8
+    side = act.shape[1] // 2 * 2
+    assert whole.out_features == 6 and windows.out_features == 6 * (side // 2) ** 2
+    np.testing.assert_allclose(np.asarray(whole(x)), act.max(axis=(1, 2)), rtol=1e-6)
+    top_left = act[:, :side, :side].reshape(3, side // 2, 2, side // 2, 2, 6).max(axis=(2, 4)).reshape(3, -1)
+    np.testing.assert_allclose(np.asarray(windows(x)), top_left, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(use_matmul_convs(whole)(x)), act.max(axis=(1, 2)), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("n,features,params", [
     (0, 1000, 138_357_544),
     (1, 4096, 138_357_544 - (4096 * 1000 + 1000)),  # fc7 after ReLU / dropout

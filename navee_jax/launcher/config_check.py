@@ -160,6 +160,7 @@ RULES: dict[str, Rule] = {
     "model.block_widths": Rule(f"() or {NUM_BLOCKS} integers >= 1, e.g. (64, 64, 128, 128)",
                                lambda v: isinstance(v, tuple) and len(v) in (0, NUM_BLOCKS)
                                and all(_is_int(w) and w >= 1 for w in v)),  # conv4's blocks
+    "model.global_pool": BOOL,  # conv4's last pool
     "model.in_channels": Rule("1 or 3", lambda v: _is_int(v) and v in (1, 3)),  # train.step.image_normalizer
     "model.remove_top_layers": integer(0, CLASSIFIER_LAYERS),  # vgg's classifier layers
     "model.pretrained": text(),
@@ -420,6 +421,8 @@ CROSS: list[tuple[str, Callable[[ml_collections.ConfigDict], str | None]]] = [
      f"leaves out a ResNet's top stages, but model.backbone={c.model.backbone!r}: use 4"),
     ("model.block_widths", lambda c: None if not c.model.block_widths or c.model.backbone == "conv4" else
      f"sets conv4's blocks, but model.backbone={c.model.backbone!r}: use model.width, or () here"),
+    ("model.global_pool", lambda c: None if not c.model.global_pool or c.model.backbone == "conv4" else
+     f"sets conv4's last pool, but model.backbone={c.model.backbone!r}: use False"),
     ("data.image_size", _min_image_size),
     ("model.pretrained", _pretrained_preprocessing),
     ("model.head_hidden", lambda c: None if not c.model.head_hidden or c.model.embed_dim else

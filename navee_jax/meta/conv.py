@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from navee_jax.models.conv4 import ConvBlock
+from navee_jax.models.conv4 import ConvBlock, max_pool_2x2
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -74,11 +74,11 @@ def reshape_max_pool(x: jax.Array) -> jax.Array:
 
 
 def use_matmul_convs(model: nnx.Module) -> nnx.Module:
-    """Every `nnx.Conv` in `model` computes with `shifted_slices_conv` and every Conv-4 block pools with
-    `reshape_max_pool` (same functions, same parameters)."""
+    """Every `nnx.Conv` in `model` computes with `shifted_slices_conv` and every Conv-4 block's 2x2 pool is
+    `reshape_max_pool` (same functions, same parameters; a `global_pool` block keeps its own)."""
     for _, module in nnx.iter_graph(model):
         if isinstance(module, nnx.Conv):
             module.conv_general_dilated = shifted_slices_conv
-        if isinstance(module, ConvBlock):
+        if isinstance(module, ConvBlock) and module.pool is max_pool_2x2:
             module.pool = reshape_max_pool
     return model

@@ -43,7 +43,7 @@ def build_model(cfg: ml_collections.ConfigDict, rngs: nnx.Rngs, image_size: int,
     if cfg.backbone in _SIZED:
         kwargs["image_size"] = image_size
     if cfg.backbone == "conv4":
-        kwargs["block_widths"] = tuple(cfg.block_widths)
+        kwargs["block_widths"], kwargs["global_pool"] = tuple(cfg.block_widths), cfg.global_pool
     if cfg.backbone.startswith("resnet"):
         kwargs["pool_grid"], kwargs["num_stages"] = cfg.get("pool_grid", 1), cfg.get("num_stages", 4)
     if cfg.backbone.startswith("vgg"):

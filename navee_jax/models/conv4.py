@@ -2,7 +2,9 @@
 
 Four blocks of 3x3 conv (padding 1) - BatchNorm - ReLU - 2x2 max-pool, then flatten: on 28x28
 Omniglot that is 64 features, on 84x84 miniImageNet 1600. Every block has `width` filters (64 in the
-papers) unless `block_widths` names each block's. Because the output is flattened, its
+papers) unless `block_widths` names each block's. Each pool floors odd sizes, so at 28x28 the last one reads
+only the top-left 2x2 of the fourth block's 3x3 map; `global_pool` max-pools that whole map instead (one value
+per filter at any input size). Because the output is flattened, its
 size depends on the input size; the network takes `image_size` at construction so that
 `out_features` is known before any image is seen (the embedding head is built from it), and
 refuses images of another size with a clear error rather than a shape mismatch deep in the head.
@@ -23,6 +25,11 @@ NUM_BLOCKS = 4
 def max_pool_2x2(x: jax.Array) -> jax.Array:
     """2x2 max-pool, stride 2; VALID pooling floors odd sizes (7 -> 3), as torch's MaxPool2d(2) does."""
     return nnx.max_pool(x, (2, 2), strides=(2, 2))
+
+
+def max_over_positions(x: jax.Array) -> jax.Array:
+    """Each filter's maximum over the whole map, kept as a 1x1 map."""
+    return x.max(axis=(1, 2), keepdims=True)
 
 
 class ConvBlock(nnx.Module):
@@ -46,7 +53,7 @@ class Conv4(nnx.Module):
     """NHWC images of `image_size` x `image_size` -> (N, last block's width * (image_size // 16)**2)."""
 
     def __init__(self, width: int = 64, *, rngs: nnx.Rngs, in_channels: int = 3, image_size: int = 84,
-                 block_widths: Sequence[int] = ()):
+                 block_widths: Sequence[int] = (), global_pool: bool = False):
         if image_size < 2**NUM_BLOCKS:
             raise UserError(f"conv4: image_size {image_size} is too small; its four 2x2 max-pools need at least "
                             f"{2**NUM_BLOCKS} pixels")
@@ -55,9 +62,11 @@ class Conv4(nnx.Module):
             raise UserError(f"conv4: block_widths {widths} must name {NUM_BLOCKS} widths, one per block")
         ins = (in_channels, *widths[:-1])
         self.blocks = nnx.List([ConvBlock(cin, cout, rngs) for cin, cout in zip(ins, widths)])
+        if global_pool:
+            self.blocks[-1].pool = max_over_positions
         self.image_size = image_size
         # Each VALID pool floors, and floor(floor(s / 2) / 2) == s // 4, so four pools give s // 16.
-        self.out_features = widths[-1] * (image_size // 2**NUM_BLOCKS) ** 2
+        self.out_features = widths[-1] * (1 if global_pool else (image_size // 2**NUM_BLOCKS) ** 2)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         if x.shape[1:3] != (self.image_size, self.image_size):
@@ -69,6 +78,8 @@ class Conv4(nnx.Module):
 
 
 def conv4(width: int = 64, *, rngs: nnx.Rngs, in_channels: int = 3, image_size: int = 84,
-          block_widths: Sequence[int] = ()) -> Conv4:
-    """Conv-4 with `width` filters per conv (64 in the papers), or `block_widths[i]` in block i."""
-    return Conv4(width, rngs=rngs, in_channels=in_channels, image_size=image_size, block_widths=block_widths)
+          block_widths: Sequence[int] = (), global_pool: bool = False) -> Conv4:
+    """Conv-4 with `width` filters per conv (64 in the papers), or `block_widths[i]` in block i; `global_pool`:
+    the last block max-pools its whole map."""
+    return Conv4(width, rngs=rngs, in_channels=in_channels, image_size=image_size, block_widths=block_widths,
+                 global_pool=global_pool)
