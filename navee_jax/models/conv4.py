@@ -50,7 +50,8 @@ class ConvBlock(nnx.Module):
 
 
 class Conv4(nnx.Module):
-    """NHWC images of `image_size` x `image_size` -> (N, last block's width * (image_size // 16)**2)."""
+    """NHWC images of `image_size` x `image_size` -> (N, last block's width * (image_size // 16)**2), or (N, last
+    block's width) with `global_pool`."""
 
     def __init__(self, width: int = 64, *, rngs: nnx.Rngs, in_channels: int = 3, image_size: int = 84,
                  block_widths: Sequence[int] = (), global_pool: bool = False):
