@@ -27,6 +27,21 @@ sys.path.insert(0, REPO)
 from bench.runs import chosen, train_and_evaluate, training_minutes, write_table  # noqa: E402
 from configs.common import OMNIGLOT_BACKGROUND  # noqa: E402
 
+# The triplet rows' shared overrides: grey levels kept; Conv-4 with 256 filters in its last two blocks on one input
+# channel; random shifts in training with the 9-shift mean embedding at test; Koch's affine distortions.
+_GREY = ["--config.data.binarize=False", "--config.data.grayscale=True"]
+_WIDE = ["--config.model.block_widths=(64, 64, 256, 256)", "--config.model.in_channels=1", *_GREY]
+_SHIFTS = ["--config.data.translate_px=2.0", "--config.model.tta_shift_px=1"]
+_AFFINE = "--config.data.affine=True"
+_HALF_EPOCHS = "--config.train.steps_per_epoch=1250"
+
+
+def _halved(epochs: int, every: int) -> list[str]:
+    """`epochs` epochs, Adam's learning rate halved every `every`."""
+    return [f"--config.train.num_epochs={epochs}", f"--config.optim.decay_every_epochs={every}",
+            "--config.optim.decay_factor=0.5"]
+
+
 # name -> (config, overrides, how it was trained). Each is that config's :omniglot_background variant (Conv-4 at
 # 28x28 unless said otherwise), sized to train in at most about an hour on 2 CPU cores.
 RUNS = {
@@ -36,76 +51,44 @@ RUNS = {
                  "60-way 1-shot episodes, 5 queries per class (the paper's); Adam 1e-3 halved every 2,000 episodes; "
                  "4,000 episodes"),
     # Grey levels kept (the :omniglot variants binarise): one epoch gave held-out mAP 0.6425 against 0.6260.
-    "triplet": ("triplet", ["--config.train.num_epochs=26", "--config.optim.decay_every_epochs=5",
-                            "--config.optim.decay_factor=0.5", "--config.data.binarize=False",
-                            "--config.data.grayscale=True"],
+    "triplet": ("triplet", [*_halved(26, every=5), *_GREY],
                 "batch-hard, P=8 x K=4, grey levels kept; Adam 1e-3 halved every 5 epochs; 26 epochs of 2,023 "
                 "steps"),
     # Conv-4 with wider third and fourth blocks (256 filters; one input channel): held-out mAP after one epoch
     # 0.6875 against 0.6425 for Conv-4 (the probes: docs/omniglot.md).
-    "triplet_wide": ("triplet", ["--config.model.block_widths=(64, 64, 256, 256)", "--config.model.in_channels=1",
-                                 "--config.train.num_epochs=20", "--config.optim.decay_every_epochs=4",
-                                 "--config.optim.decay_factor=0.5", "--config.data.binarize=False",
-                                 "--config.data.grayscale=True"],
+    "triplet_wide": ("triplet", [*_WIDE, *_halved(20, every=4)],
                      "batch-hard, P=8 x K=4, grey levels kept, Conv-4 with 64-64-256-256 filters; Adam 1e-3 halved "
                      "every 4 epochs; 20 epochs of 2,023 steps"),
     # The wide run with random shifts of up to 2 pixels each way (`data.translate_px`), and each image embedded as
     # the mean over its 9 shifts by 1 pixel (`model.tta_shift_px`, also for choosing the best epoch): averaging
     # over shifts at test time lifted triplet_wide's 20-way 1-shot by 0.5, so it was not shift-invariant.
-    "triplet_wide_shift": ("triplet", ["--config.model.block_widths=(64, 64, 256, 256)",
-                                       "--config.model.in_channels=1", "--config.train.num_epochs=22",
-                                       "--config.optim.decay_every_epochs=5", "--config.optim.decay_factor=0.5",
-                                       "--config.data.binarize=False", "--config.data.grayscale=True",
-                                       "--config.data.translate_px=2.0", "--config.model.tta_shift_px=1"],
+    "triplet_wide_shift": ("triplet", [*_WIDE, *_halved(22, every=5), *_SHIFTS],
                            "as triplet_wide, with random shifts of up to 2 pixels each way in training and the "
                            "mean embedding of 9 shifts by 1 pixel at test; Adam 1e-3 halved every 5 epochs; 22 "
                            "epochs"),
     # triplet_wide_shift with Koch's affine distortions too (rotation, shear, scale; at 28x28 its translation is
     # half a pixel): does more invariance keep paying?
-    "triplet_wide_affine": ("triplet", ["--config.model.block_widths=(64, 64, 256, 256)",
-                                        "--config.model.in_channels=1", "--config.train.num_epochs=22",
-                                        "--config.optim.decay_every_epochs=5", "--config.optim.decay_factor=0.5",
-                                        "--config.data.binarize=False", "--config.data.grayscale=True",
-                                        "--config.data.translate_px=2.0", "--config.data.affine=True",
-                                        "--config.model.tta_shift_px=1"],
+    "triplet_wide_affine": ("triplet", [*_WIDE, *_halved(22, every=5), *_SHIFTS, _AFFINE],
                             "as triplet_wide_shift, with Koch's affine distortions in training too; 22 epochs"),
     # Two half-length runs as one ensemble inside the hour: the two runs above together reach the targets with 97
     # minutes; these are the same two recipes on half the steps (16 epochs of 1,250 steps, halved every 5,000).
-    "triplet_half_shift": ("triplet", ["--config.model.block_widths=(64, 64, 256, 256)",
-                                       "--config.model.in_channels=1", "--config.train.num_epochs=16",
-                                       "--config.train.steps_per_epoch=1250", "--config.optim.decay_every_epochs=4",
-                                       "--config.optim.decay_factor=0.5", "--config.data.binarize=False",
-                                       "--config.data.grayscale=True", "--config.data.translate_px=2.0",
-                                       "--config.model.tta_shift_px=1"],
+    "triplet_half_shift": ("triplet", [*_WIDE, *_halved(16, every=4), _HALF_EPOCHS, *_SHIFTS],
                            "as triplet_wide_shift on half the steps: 16 epochs of 1,250 steps, Adam 1e-3 halved "
                            "every 4 epochs"),
-    "triplet_half_affine": ("triplet", ["--config.model.block_widths=(64, 64, 256, 256)",
-                                        "--config.model.in_channels=1", "--config.train.num_epochs=16",
-                                        "--config.train.steps_per_epoch=1250", "--config.optim.decay_every_epochs=4",
-                                        "--config.optim.decay_factor=0.5", "--config.data.binarize=False",
-                                        "--config.data.grayscale=True", "--config.data.translate_px=2.0",
-                                        "--config.data.affine=True", "--config.model.tta_shift_px=1"],
+    "triplet_half_affine": ("triplet", [*_WIDE, *_halved(16, every=4), _HALF_EPOCHS, *_SHIFTS, _AFFINE],
                             "as triplet_wide_affine on half the steps: 16 epochs of 1,250 steps, Adam 1e-3 halved "
                             "every 4 epochs"),
     # Wider still where the width paid (the third and fourth blocks, 384 filters), with the shifts: 0.87 times
     # triplet_wide's steps a second, so 18 epochs (halved every 4) fit the hour.
     "triplet_wider_shift": ("triplet", ["--config.model.block_widths=(64, 64, 384, 384)",
-                                        "--config.model.in_channels=1", "--config.train.num_epochs=18",
-                                        "--config.optim.decay_every_epochs=4", "--config.optim.decay_factor=0.5",
-                                        "--config.data.binarize=False", "--config.data.grayscale=True",
-                                        "--config.data.translate_px=2.0", "--config.model.tta_shift_px=1"],
+                                        "--config.model.in_channels=1", *_GREY, *_halved(18, every=4), *_SHIFTS],
                             "as triplet_wide_shift with 64-64-384-384 filters; Adam 1e-3 halved every 4 epochs; 18 "
                             "epochs"),
     # triplet_wide_affine at 32x32 (the drawings resized to 32 instead of 28; the last block max-pools its whole 4x4
     # map): in an 8-epoch probe schedule, held-out mAP 0.025 ahead at equal steps (docs/omniglot.md); 1.3 times
     # the time a step, so 16 epochs (halved every 4) fit the hour.
-    "triplet_wide_affine_32": ("triplet", ["--config.model.block_widths=(64, 64, 256, 256)",
-                                           "--config.model.in_channels=1", "--config.data.image_size=32",
-                                           "--config.model.global_pool=True", "--config.train.num_epochs=16",
-                                           "--config.optim.decay_every_epochs=4", "--config.optim.decay_factor=0.5",
-                                           "--config.data.binarize=False", "--config.data.grayscale=True",
-                                           "--config.data.translate_px=2.0", "--config.data.affine=True",
-                                           "--config.model.tta_shift_px=1"],
+    "triplet_wide_affine_32": ("triplet", [*_WIDE, "--config.data.image_size=32", "--config.model.global_pool=True",
+                                           *_halved(16, every=4), *_SHIFTS, _AFFINE],
                                "as triplet_wide_affine at 32x32 instead of 28x28, the last block max-pooling its "
                                "whole 4x4 map; Adam 1e-3 halved every 4 epochs; 16 epochs"),
     "contrastive": ("contrastive", ["--config.optim.lr=1e-3", "--config.train.steps_per_epoch=1000",

@@ -283,3 +283,19 @@ def test_on_a_few_shot_split_the_classifier_is_evaluated_on_its_normalised_backb
     want = np.mean([normalised_features(padded[:, shift - dy:shift - dy + h, shift - dx:shift - dx + w])
                     for dy in {-shift, 0, shift} for dx in {-shift, 0, shift}], axis=0)
     np.testing.assert_allclose(got, want / np.linalg.norm(want, axis=1, keepdims=True), rtol=1e-4, atol=1e-5)
+
+
+def test_mcnemar_counts_the_discordant_photos_and_gives_the_exact_binomial_p():
+    """bench/classical.py's paired comparison, by hand: of 10 photos only one of the two classifiers gets right, 1
+    go to the first and 9 to the second; two-sided exact p = 2 * P(X <= 1), X ~ Binomial(10, 1/2) = 2 * 11 / 1024.
+    Photos both get right or wrong do not count; no discordant photo is p = 1."""
+    sys.path.insert(0, REPO)
+    from bench.classical import mcnemar
+
+    first = np.array([1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0], bool)
+    second = np.array([0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0], bool)
+    only_first, only_second, p = mcnemar(first, second)
+    assert (only_first, only_second) == (1, 9)
+    assert p == pytest.approx(22 / 1024)
+    assert mcnemar(second, first)[2] == pytest.approx(22 / 1024)
+    assert mcnemar(first, first) == (0, 0, 1.0)

@@ -2,8 +2,6 @@
 ViT's `model.train_last_blocks` trains exactly its last n blocks and what follows them, and the MLP head
 (`model.head_hidden`) is the NumPy formula."""
 
-import os
-
 import jax
 import numpy as np
 import optax
@@ -11,6 +9,7 @@ import pytest
 from flax import nnx
 
 from configs import top_tune, triplet
+from navee_jax.checkpoints import Checkpoints
 from navee_jax.data.pipeline import eval_batches
 from navee_jax.errors import UserError
 from navee_jax.launcher.train import build_setup, train_and_evaluate
@@ -38,7 +37,9 @@ def test_a_run_started_from_a_top_tuned_workdir_embeds_as_that_workdir(tmp_path)
     rec = Recognizer.load(str(tmp_path / "top"))
 
     cfg = _tiny(triplet.get_config("digits"))
-    last = max(int(s) for s in os.listdir(tmp_path / "top" / "checkpoints") if s.isdigit())
+    saved = Checkpoints(str(tmp_path / "top"))  # read-only
+    last = saved.latest_step()
+    saved.close()
     cfg.model.head_hidden, cfg.model.init_workdir = 24, str(tmp_path / "top" / "checkpoints" / str(last))
     setup = build_setup(cfg)
     images = next(eval_batches(setup.catalogue, setup.split.query[:16], cfg.data, 16))

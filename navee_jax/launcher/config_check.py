@@ -381,6 +381,18 @@ def _init_workdir(c: ml_collections.ConfigDict) -> str | None:
 
 
 # (the key a message names, config -> what is wrong or None), checked in order once every RULES key passed.
+def _read_only_by(family: str, key: str, default: Any, what: str, use: str = ""
+                  ) -> tuple[str, Callable[[ml_collections.ConfigDict], str | None]]:
+    """The cross-check of a model key that only `family`'s backbones (a name prefix) read: away from its
+    `default` under another backbone it would be ignored."""
+    def check(c: ml_collections.ConfigDict) -> str | None:
+        if c.model[key] == default or c.model.backbone.startswith(family):
+            return None
+        return f"{what}, but model.backbone={c.model.backbone!r}: use {use or repr(default)}"
+
+    return f"model.{key}", check
+
+
 CROSS: list[tuple[str, Callable[[ml_collections.ConfigDict], str | None]]] = [
     ("method", _method),
     ("loss.name", _loss_name),
@@ -415,14 +427,10 @@ CROSS: list[tuple[str, Callable[[ml_collections.ConfigDict], str | None]]] = [
     ("model.tta_shift_px", lambda c: None if 2 * c.model.tta_shift_px < c.data.image_size else
      f"model.tta_shift_px={c.model.tta_shift_px} shifts a {c.data.image_size}-pixel image out of view; use less "
      f"than half of data.image_size"),
-    ("model.pool_grid", lambda c: None if c.model.pool_grid == 1 or c.model.backbone.startswith("resnet") else
-     f"pools a ResNet's last feature map over a grid, but model.backbone={c.model.backbone!r}: use 1"),
-    ("model.num_stages", lambda c: None if c.model.num_stages == 4 or c.model.backbone.startswith("resnet") else
-     f"leaves out a ResNet's top stages, but model.backbone={c.model.backbone!r}: use 4"),
-    ("model.block_widths", lambda c: None if not c.model.block_widths or c.model.backbone == "conv4" else
-     f"sets conv4's blocks, but model.backbone={c.model.backbone!r}: use model.width, or () here"),
-    ("model.global_pool", lambda c: None if not c.model.global_pool or c.model.backbone == "conv4" else
-     f"sets conv4's last pool, but model.backbone={c.model.backbone!r}: use False"),
+    _read_only_by("resnet", "pool_grid", 1, "pools a ResNet's last feature map over a grid"),
+    _read_only_by("resnet", "num_stages", 4, "leaves out a ResNet's top stages"),
+    _read_only_by("conv4", "block_widths", (), "sets conv4's blocks", "model.width, or () here"),
+    _read_only_by("conv4", "global_pool", False, "sets conv4's last pool"),
     ("data.image_size", _min_image_size),
     ("model.pretrained", _pretrained_preprocessing),
     ("model.head_hidden", lambda c: None if not c.model.head_hidden or c.model.embed_dim else
