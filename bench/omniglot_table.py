@@ -91,6 +91,13 @@ RUNS = {
                                            *_halved(16, every=4), *_SHIFTS, _AFFINE],
                                "as triplet_wide_affine at 32x32 instead of 28x28, the last block max-pooling its "
                                "whole 4x4 map; Adam 1e-3 halved every 4 epochs; 16 epochs"),
+    # The same training (the whitening is the identity in the train step), evaluated through a whitening fitted on
+    # 4,096 training images before every evaluation.
+    "triplet_wide_affine_32_whiten": ("triplet", [*_WIDE, "--config.data.image_size=32",
+                                                  "--config.model.global_pool=True", *_halved(16, every=4), *_SHIFTS,
+                                                  _AFFINE, "--config.model.whiten=0.5"],
+                                      "triplet_wide_affine_32 with the embedding PCA-whitened (`model.whiten=0.5`: "
+                                      "axes divided by sigma ** 0.5, fitted on 4,096 training images)"),
     "contrastive": ("contrastive", ["--config.optim.lr=1e-3", "--config.train.steps_per_epoch=1000",
                                     "--config.train.num_epochs=3", "--config.optim.decay_every_epochs=2"],
                     "32 pairs a batch, p_same 0.4, margin 2, top half mined (the study's); Adam 1e-3 (the "

@@ -130,6 +130,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     # pool_grid=4 keeps the third stage's 4x4 map of a 64x64 image (docs/fashion.md)
     c.model.num_stages = 4
     c.model.tta_shift_px = 0  # > 0: evaluation embeds each image as the mean over its 9 shifts by {-px, 0, px}^2
+    # > 0: evaluation and recognition whiten the embedding (PCA whitening, axes divided by sigma ** whiten), fitted
+    # on model.whiten_images training images before every evaluation and checkpoint (navee_jax.models.whitening)
+    c.model.whiten = 0.0
+    c.model.whiten_images = 4096
     c.model.frozen_batchnorm = False  # True: BatchNorm keeps its stored statistics during training
     c.model.frozen_stages = ()  # backbone stages that do not train, e.g. ("conv1", "bn1", "layer1"): weights and BN
     c.model.head_batchnorm = False  # BatchNorm on the projection, before the optional L2 normalisation

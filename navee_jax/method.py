@@ -45,6 +45,9 @@ class Trainer:
     # state -> the method's own ranking of images, (queries (n, d), gallery (m, d)) -> (n, m) non-negative
     # distances (e.g. a verification head's), used by retrieval and 1-NN; None: eval.metric on the embeddings.
     distance_of: Callable[[Any], Callable[[jax.Array, jax.Array], jax.Array]] | None = None
+    # state -> the state with its fitted (not trained) statistics refitted on training images (model.whiten's
+    # whitening), before every evaluation and checkpoint of training; None when the model has none.
+    refit: Callable[[Any], Any] | None = None
 
 
 class Method(abc.ABC):

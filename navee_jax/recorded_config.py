@@ -19,7 +19,8 @@ KEYS_ADDED_LATER: dict[str, Any] = {"data.affine": False, "data.translate_px": 0
                                     "split.validation_fraction": 0.1, "sampler.batch_size": 64,
                                     "split.seed": -1, "model.head_hidden": 0, "model.train_last_blocks": -1,
                                     "model.init_workdir": "", "data.crop_fraction": 1.0,
-                                    "data.interpolation": "bilinear", "model.global_pool": False}
+                                    "data.interpolation": "bilinear", "model.global_pool": False,
+                                    "model.whiten": 0.0, "model.whiten_images": 4096}
 
 
 def complete(config: dict[str, Any]) -> dict[str, Any]:

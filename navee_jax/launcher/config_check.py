@@ -30,6 +30,7 @@ from navee_jax.errors import UserError
 from navee_jax.evaluate.baselines import BASELINES
 from navee_jax.evaluate.fewshot import CLASSIFIERS
 from navee_jax.distances import METRICS
+from navee_jax.losses import loss_entry
 from navee_jax.losses.triplet import MINERS
 from navee_jax.models import BACKBONES, COMPUTE_DTYPES
 from navee_jax.models.vit import SIZES, VIT_BACKBONES, VIT_SIZES
@@ -168,6 +169,8 @@ RULES: dict[str, Rule] = {
     "model.embed_dim": integer(0),  # 0: the backbone's features, no projection
     "model.normalize": BOOL,
     "model.tta_shift_px": integer(0),  # pixels of the resized image; below half of it (CROSS)
+    "model.whiten": number(0, 1),  # the power of sigma the whitening divides by (CROSS)
+    "model.whiten_images": integer(2),  # training images the whitening is fitted on
     "model.pool_grid": integer(1),  # a divisor of the last feature map's side (checked when the model runs)
     "model.num_stages": integer(1, 4),  # resnet* (CROSS)
     "model.frozen_batchnorm": BOOL,
@@ -393,6 +396,18 @@ def _read_only_by(family: str, key: str, default: Any, what: str, use: str = ""
     return f"model.{key}", check
 
 
+def _whiten(c: ml_collections.ConfigDict) -> str | None:
+    if not c.model.whiten:
+        return None
+    method = c.get("method", "metric_learning")
+    if method != "metric_learning":
+        return f"is fitted by metric learning's training loop; method={method!r} does not fit it: use 0"
+    if loss_entry(c.loss.name).distance is not None:
+        return (f"loss.name={c.loss.name!r} ranks images by its own learned score on the embedding, which a "
+                f"whitening would change: use 0")
+    return None
+
+
 CROSS: list[tuple[str, Callable[[ml_collections.ConfigDict], str | None]]] = [
     ("method", _method),
     ("loss.name", _loss_name),
@@ -431,6 +446,7 @@ CROSS: list[tuple[str, Callable[[ml_collections.ConfigDict], str | None]]] = [
     _read_only_by("resnet", "num_stages", 4, "leaves out a ResNet's top stages"),
     _read_only_by("conv4", "block_widths", (), "sets conv4's blocks", "model.width, or () here"),
     _read_only_by("conv4", "global_pool", False, "sets conv4's last pool"),
+    ("model.whiten", _whiten),
     ("data.image_size", _min_image_size),
     ("model.pretrained", _pretrained_preprocessing),
     ("model.head_hidden", lambda c: None if not c.model.head_hidden or c.model.embed_dim else

@@ -111,7 +111,8 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, checkpoint: st
     if restored is not None:
         networks["trained embedding"] = (restored[0], restored[1])
     initial = "pretrained network" if config.model.pretrained else "untrained network"
-    networks[initial] = (trainer.state, f"{config.model.backbone} at initialisation")
+    untrained = trainer.state if trainer.refit is None else trainer.refit(trainer.state)  # as training scored it
+    networks[initial] = (untrained, f"{config.model.backbone} at initialisation")
 
     report_dir = os.path.join(workdir, "report")
     os.makedirs(report_dir, exist_ok=True)

@@ -130,6 +130,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     def evaluate(state, final: bool) -> dict:
         return evaluate_all(trainer.evaluators, state, final)
 
+    def refit(state):  # what the evaluation and the checkpoint after it see
+        return state if trainer.refit is None else trainer.refit(state)
+
     os.makedirs(workdir, exist_ok=True)
     ckpt = Checkpoints(workdir, config.train.keep_checkpoints, best_metric=key)
     writer = None
@@ -143,6 +146,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             print(f"resuming from checkpoint step {latest} (epoch {start_epoch}/{num_epochs}) in {ckpt.directory}")
         else:
             start_epoch, history = 0, []
+            state = refit(state)
             initial = evaluate(state, final=True)
             print(f"epoch 0/{num_epochs} {title} {initial[key]:.4f} (at initialisation)")
 
@@ -159,6 +163,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 if step % config.train.log_every == 0 or i + 1 == steps_per_epoch:
                     loss_sum += report(pending, step, epoch + 1, num_epochs) * len(pending)
                     pending = []
+            state = refit(state)
             result = evaluate(state, final=epoch + 1 == num_epochs)  # the last epoch's is the final one
             epoch_value = result[key]
             history.append({"epoch": epoch + 1, "step": step, key: epoch_value, "loss": loss_sum / steps_per_epoch})

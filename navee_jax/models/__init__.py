@@ -62,7 +62,7 @@ def build_model(cfg: ml_collections.ConfigDict, rngs: nnx.Rngs, image_size: int,
     if cpu_tuned:
         tune_for_cpu(backbone)
     return EmbeddingNet(backbone, cfg.embed_dim, cfg.normalize, cfg.head_batchnorm, cfg.head_hidden,
-                        rngs=rngs)
+                        cfg.whiten > 0, rngs=rngs)
 
 
 def _pretrained_vit(cfg: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:

@@ -28,6 +28,7 @@ from navee_jax.models import build_model
 from navee_jax.models.stages import frozen_stages
 from navee_jax.sharding import check_divisible, replicated
 from navee_jax.train.step import init_train_state, make_train_step
+from navee_jax.train.whitening import make_refit
 from navee_jax.train_state import make_optimizer, make_schedule
 
 
@@ -101,7 +102,9 @@ class MetricLearning(Method):
             replicated_keys=("support_labels", "query_labels") if config.sampler.kind == "episodes" else (),
             schedule=schedule, embed_fn=embed_fn,
             evaluators=(HeldoutEvaluator(catalogue, split, config, embed_fn, mesh, distance_of),),
-            distance_of=distance_of)
+            distance_of=distance_of,
+            refit=make_refit(catalogue, split.train, config, eval_graphdef, mesh, prepare) if config.model.whiten
+            else None)
 
 
 register_method(MetricLearning())

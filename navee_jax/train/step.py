@@ -27,12 +27,16 @@ def init_train_state(model: nnx.Module, tx: optax.GradientTransformation, frozen
     them (BatchNorm's scale and bias still train), as deep metric learning usually does: a PK batch
     of a few classes gives biased batch statistics. `frozen_stages` (see models.stages) neither train
     nor update their statistics: their parameters live in `model_state`, beside the statistics.
-    `tx` updates {"model": params, "loss": loss_params} (navee_jax.train_state.make_optimizer).
+    `tx` updates {"model": params, "loss": loss_params} (navee_jax.train_state.make_optimizer). A
+    `Whitening` (model.whiten) is the identity in the train graph and applies its fitted statistics in the eval
+    graph.
     """
     model.eval()
     eval_graphdef = nnx.graphdef(model)
     if not frozen_batchnorm:
         model.train()
+    # The loss trains the embedding as it is; a fitted whitening applies only to evaluation and recognition.
+    model.set_attributes(use_fitted=False, raise_if_not_found=False)
     freeze_stages(model, frozen_stages)
     graphdef, params, model_state = nnx.split(model, trainable_filter(frozen_stages), ...)
     return graphdef, eval_graphdef, new_train_state(params, model_state, loss_params or {}, tx)
